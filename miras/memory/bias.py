@@ -1,0 +1,47 @@
+"""Attentional biases: the upstream gradient u = ∂ℓ/∂M(k) of the inner loss, per token.
+
+e = M(k) - v is the residual, shapes [..., V]; delta (Huber's δ_t) broadcasts as [..., 1].
+The memory's weight gradient is u backpropagated through the memory (closed form in the fast path, autograd in the
+reference), so a bias is fully described by u. Smoothing (paper Sec. 7): Sign(x) ≈ tanh(s·x) when
+sign_sharpness s > 0, and |x|^r ≈ (x² + ε)^{r/2} with ε = abs_eps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from miras.spec import MemorySpec
+
+
+def smooth_sign(spec: MemorySpec, x: torch.Tensor) -> torch.Tensor:
+    if spec.sign_sharpness > 0:
+        return torch.tanh(spec.sign_sharpness * x)
+    return torch.sign(x)
+
+
+def smooth_abs_pow(spec: MemorySpec, x: torch.Tensor, power: float) -> torch.Tensor:
+    if spec.abs_eps > 0:  # hypot(x, √ε) = (x² + ε)^{1/2} without overflowing x² for large x
+        return torch.hypot(x, x.new_tensor(spec.abs_eps**0.5)) ** power
+    return x.abs() ** power
+
+
+def upstream(
+    spec: MemorySpec, pred: torch.Tensor, target: torch.Tensor, delta: torch.Tensor | None = None
+) -> torch.Tensor:
+    """u = ∂ℓ(pred; target)/∂pred for the spec's bias. pred, target [..., V]; delta [...] (Huber only)."""
+    if spec.bias == "dot":  # ℓ = -<M(k), v>
+        return -target.expand_as(pred)
+    e = pred - target
+    if spec.bias == "l2":  # ℓ = ½‖e‖²
+        return e
+    if spec.bias == "lp":  # ℓ = ‖e‖_p^p
+        return spec.p * smooth_sign(spec, e) * smooth_abs_pow(spec, e, spec.p - 1.0)
+    if spec.bias == "huber":  # l2 gradient inside the δ-ball, δ·∇‖e‖₁ outside (Yaad, Eq. 26)
+        if delta is None:
+            raise ValueError("bias='huber' needs the delta gate (Huber threshold δ_t)")
+        d = delta.unsqueeze(-1)
+        inside = (e * e).sum(-1, keepdim=True) <= d * d
+        return torch.where(inside, e, d * smooth_sign(spec, e))
+    # robust: ℓ = ½‖e‖² + Δ‖e‖ (the worst case over value shifts of norm ≤ Δ); ‖e‖ smoothed so u is finite at e = 0
+    norm = torch.sqrt((e * e).sum(-1, keepdim=True) + spec.abs_eps)
+    return e + spec.robust_radius * e / norm

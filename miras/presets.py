@@ -1,0 +1,92 @@
+"""Named points of the Miras design space: the paper's three new models and the known models of its Table 1.
+
+Each preset is a function returning a `MemorySpec`; keyword arguments override fields
+(`moneta(p=2.8)`). `get(name)` looks one up by name. The table in docs/presets.md maps each to its update rule.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from miras.spec import MemorySpec
+
+
+def moneta(**overrides: object) -> MemorySpec:
+    """Moneta: 2-layer MLP, lp bias (p=3), lq retention (q=4), GD (paper Eq. 24)."""
+    return MemorySpec(memory="mlp", bias="lp", p=3.0, retention="lq", q=4.0, algorithm="gd").replace(**overrides)
+
+
+def yaad(**overrides: object) -> MemorySpec:
+    """Yaad: 2-layer MLP, Huber bias with a data-dependent δ_t, decay retention, GD (Eq. 26)."""
+    return MemorySpec(memory="mlp", bias="huber", retention="decay", algorithm="gd").replace(**overrides)
+
+
+def memora(**overrides: object) -> MemorySpec:
+    """Memora: 2-layer MLP, l2 bias, KL retention (softmax of logits), GD (Eq. 27)."""
+    return MemorySpec(memory="mlp", bias="l2", retention="kl", algorithm="gd").replace(**overrides)
+
+
+def linear_attention(**overrides: object) -> MemorySpec:
+    """Linear attention: W_t = W_{t-1} + η_t v_t k_tᵀ (dot-product bias, no retention)."""
+    return MemorySpec(memory="linear", bias="dot", retention="none").replace(**overrides)
+
+
+def retnet(**overrides: object) -> MemorySpec:
+    """RetNet: W_t = α W_{t-1} + η_t v_t k_tᵀ with a fixed per-head α (the layer makes α data-independent)."""
+    return MemorySpec(memory="linear", bias="dot", retention="decay").replace(**overrides)
+
+
+def mamba2(**overrides: object) -> MemorySpec:
+    """Mamba2-style gated linear attention: W_t = α_t W_{t-1} + η_t v_t k_tᵀ (data-dependent scalar α_t)."""
+    return MemorySpec(memory="linear", bias="dot", retention="decay").replace(**overrides)
+
+
+def deltanet(**overrides: object) -> MemorySpec:
+    """DeltaNet: W_t = W_{t-1} - η_t (W_{t-1} k_t - v_t) k_tᵀ (exact at chunk_size=1)."""
+    return MemorySpec(memory="linear", bias="l2", retention="none").replace(**overrides)
+
+
+def gated_deltanet(**overrides: object) -> MemorySpec:
+    """Gated DeltaNet: W_t = α_t (I - η_t k_t k_tᵀ) W_{t-1} + η_t v_t k_tᵀ: the gradient is taken at the retained
+    state α_t W_{t-1} (exact at chunk_size=1)."""
+    return MemorySpec(memory="linear", bias="l2", retention="decay", gradient_at="retained").replace(**overrides)
+
+
+def ttt_linear(**overrides: object) -> MemorySpec:
+    """TTT-Linear: f(x) = x + LN(W x), l2 bias, no retention, mini-batch GD (chunk 16 in the TTT paper)."""
+    return MemorySpec(
+        memory="mlp", mlp_depth=1, mlp_residual=True, mlp_norm="layernorm", bias="l2", retention="none"
+    ).replace(**overrides)
+
+
+def ttt_mlp(**overrides: object) -> MemorySpec:
+    """TTT-MLP: f(x) = x + LN(W_2 GELU(W_1 x)), l2 bias, no retention, mini-batch GD."""
+    return MemorySpec(memory="mlp", mlp_depth=2, bias="l2", retention="none").replace(**overrides)
+
+
+def titans(**overrides: object) -> MemorySpec:
+    """Titans (LMM): 2-layer MLP, l2 bias, decay, GD with momentum: S_t = θ_t S - η_t g, W_t = α_t W + S_t."""
+    return MemorySpec(memory="mlp", bias="l2", retention="decay", algorithm="momentum").replace(**overrides)
+
+
+PRESETS: dict[str, Callable[..., MemorySpec]] = {
+    "moneta": moneta,
+    "yaad": yaad,
+    "memora": memora,
+    "linear_attention": linear_attention,
+    "retnet": retnet,
+    "mamba2": mamba2,
+    "deltanet": deltanet,
+    "gated_deltanet": gated_deltanet,
+    "ttt_linear": ttt_linear,
+    "ttt_mlp": ttt_mlp,
+    "titans": titans,
+}
+
+
+def get(name: str, **overrides: object) -> MemorySpec:
+    """The preset called `name` (case-insensitive, '-' or '_'), with field overrides."""
+    key = name.lower().replace("-", "_")
+    if key not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[key](**overrides)

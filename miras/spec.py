@@ -1,0 +1,142 @@
+"""`MemorySpec`: one point of the Miras design space (memory, bias, retention, algorithm) as a frozen dataclass.
+
+Every field is flat; invalid values and combinations raise `ValueError` at construction, naming the field and what is
+allowed. The meaning of each choice, and why the paper's open points were decided as they are, is in
+`miras/ops/README.md`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+MEMORIES = ("linear", "mlp")
+BIASES = ("dot", "l2", "lp", "huber", "robust")
+RETENTIONS = ("none", "decay", "lq", "kl", "elastic")
+ALGORITHMS = ("gd", "momentum")
+ACTIVATIONS = ("gelu", "silu", "relu", "tanh")
+NORMS = ("layernorm", "none")
+GRADIENT_AT = ("anchor", "retained")
+LQ_MAPS = ("literal", "mirror")
+
+# Retentions whose map from accumulator to weights is non-linear: the paper applies the map at chunk boundaries only
+# (with a lag token, see ops/README.md).
+NONLINEAR_RETENTIONS = ("lq", "kl", "elastic")
+
+
+def _choice(field: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"MemorySpec.{field}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
+
+
+def _number(field: str, value: object, *, low: float, low_open: bool = False, integer: bool = False) -> None:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
+        raise ValueError(f"MemorySpec.{field}={value!r} must be a finite {'integer' if integer else 'number'}")
+    if value < low or (low_open and value == low):
+        raise ValueError(f"MemorySpec.{field}={value!r} must be {'>' if low_open else '>='} {low}")
+
+
+@dataclass(frozen=True)
+class MemorySpec:
+    """The four Miras axes and their hyper-parameters.
+
+    memory:     "linear" (M(k) = W k) or "mlp" (M(x) = x + N(W_L σ(... σ(W_1 x))), paper default depth 2).
+    bias:       attentional bias, the inner loss on e = M(k) - v: "dot" (-<M(k), v>), "l2" (½‖e‖²),
+                "lp" (‖e‖_p^p), "huber" (Yaad: l2 gradient if ‖e‖ ≤ δ_t else δ_t ∇‖e‖₁), "robust" (½‖e‖² + Δ‖e‖).
+    retention:  "none", "decay" (W ← α W), "lq" (Moneta: A ← α A, W = A/‖A‖_q^{q-2}), "kl" (Memora: W = c·softmax
+                of logits A ← α A), "elastic" (W = soft-threshold of A ← α A).
+    algorithm:  "gd" or "momentum" (S ← θ S - η g, W ← α W + S).
+    """
+
+    memory: str = "mlp"
+    bias: str = "l2"
+    retention: str = "decay"
+    algorithm: str = "gd"
+
+    # MLP memory: depth (number of weight matrices), hidden width = expansion * key_dim, activation between layers,
+    # a parameter-free norm on the last layer's output, and the residual connection x + ... (needs key_dim == value_dim).
+    mlp_depth: int = 2
+    mlp_expansion: int = 4
+    mlp_activation: str = "gelu"
+    mlp_norm: str = "layernorm"
+    mlp_residual: bool = True
+    norm_eps: float = 1e-5
+
+    # Bias hyper-parameters. p: the lp exponent. robust_radius: Δ, the radius of the worst-case value shift.
+    p: float = 3.0
+    robust_radius: float = 1.0
+
+    # Retention hyper-parameters.
+    q: float = 4.0  # lq: the normalizer's exponent
+    lq_map: str = "literal"  # "literal": W = A / n^{q-2} (Eq. 24); "mirror": W = Sign(A)|A|^{q-1} / n^{q-2}
+    lq_floor: float = 1.0  # n = max(‖A‖_q, lq_floor) for "literal": a small accumulator is not blown up
+    kl_scale: float = 0.0  # c in W = c·softmax(A) (softmax over each row's inputs); 0 means sqrt(fan_in)
+    elastic_threshold: float = 1e-3  # γ in W = S_γ(A)
+
+    # Smoothing of Sign and |.|: Sign(x) ≈ tanh(s x) (s = 0: exact sign); |x|^r ≈ (x² + ε)^{r/2}.
+    sign_sharpness: float = 0.0
+    abs_eps: float = 1e-6
+
+    # Where the per-token gradient is taken: "anchor" (the chunk-start state W'; Titans: measure, then retain) or
+    # "retained" (the anchor decayed by the retention so far, α_t W_{t-1} at chunk size 1; Mamba2 / Gated DeltaNet).
+    gradient_at: str = "anchor"
+
+    def __post_init__(self) -> None:
+        _choice("memory", self.memory, MEMORIES)
+        _choice("bias", self.bias, BIASES)
+        _choice("retention", self.retention, RETENTIONS)
+        _choice("algorithm", self.algorithm, ALGORITHMS)
+        _choice("mlp_activation", self.mlp_activation, ACTIVATIONS)
+        _choice("mlp_norm", self.mlp_norm, NORMS)
+        _choice("gradient_at", self.gradient_at, GRADIENT_AT)
+        _choice("lq_map", self.lq_map, LQ_MAPS)
+        if not isinstance(self.mlp_residual, bool):
+            raise ValueError(f"MemorySpec.mlp_residual={self.mlp_residual!r} must be True or False")
+        _number("mlp_depth", self.mlp_depth, low=1, integer=True)
+        _number("mlp_expansion", self.mlp_expansion, low=1, integer=True)
+        _number("norm_eps", self.norm_eps, low=0, low_open=True)
+        _number("p", self.p, low=1)
+        _number("robust_radius", self.robust_radius, low=0)
+        _number("q", self.q, low=1, low_open=True)
+        _number("lq_floor", self.lq_floor, low=0, low_open=True)
+        _number("kl_scale", self.kl_scale, low=0)
+        _number("elastic_threshold", self.elastic_threshold, low=0)
+        _number("sign_sharpness", self.sign_sharpness, low=0)
+        _number("abs_eps", self.abs_eps, low=0)
+        if self.gradient_at == "retained" and self.retention not in ("none", "decay"):
+            raise ValueError(
+                f"MemorySpec.gradient_at='retained' needs retention 'none' or 'decay' (got retention={self.retention!r}): "
+                "the retained state is only defined for multiplicative decay"
+            )
+        if self.bias == "lp" and 1 < self.p < 2 and self.abs_eps == 0 and self.sign_sharpness == 0:
+            # |e|^{p-1} with p < 2 has an unbounded derivative at e = 0; the gradient through it would be Inf/NaN.
+            raise ValueError(f"MemorySpec.p={self.p} in (1, 2) needs abs_eps > 0 or sign_sharpness > 0 to stay differentiable")
+
+    @property
+    def nonlinear_retention(self) -> bool:
+        return self.retention in NONLINEAR_RETENTIONS
+
+    @property
+    def mlp(self) -> bool:
+        return self.memory == "mlp"
+
+    def replace(self, **changes: object) -> "MemorySpec":
+        """A copy with some fields changed (validated again)."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ValueError(f"MemorySpec has no field(s) {unknown}; fields are {sorted(names)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "MemorySpec":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"MemorySpec has no field(s) {unknown}; fields are {sorted(names)}")
+        return cls(**data)
