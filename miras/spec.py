@@ -110,9 +110,9 @@ class MemorySpec:
                 f"MemorySpec.gradient_at='retained' needs retention 'none' or 'decay' (got retention={self.retention!r}): "
                 "the retained state is only defined for multiplicative decay"
             )
-        if self.bias == "lp" and 1 < self.p < 2 and self.abs_eps == 0 and self.sign_sharpness == 0:
+        if self.bias == "lp" and 1 < self.p < 2 and self.abs_eps == 0:
             # |e|^{p-1} with p < 2 has an unbounded derivative at e = 0; the gradient through it would be Inf/NaN.
-            raise ValueError(f"MemorySpec.p={self.p} in (1, 2) needs abs_eps > 0 or sign_sharpness > 0 to stay differentiable")
+            raise ValueError(f"MemorySpec.p={self.p} in (1, 2) needs abs_eps > 0 to stay differentiable")
 
     @property
     def nonlinear_retention(self) -> bool:

@@ -17,7 +17,7 @@ SOTU_VAL_EVERY = 10
 
 
 def load_corpus(name: str, split: str, *, val_every: int = SOTU_VAL_EVERY) -> list[str]:
-    """Documents of an embedded corpus. For "sotu", address i (date order) is validation iff i % val_every == val_every - 1."""
+    """Documents of an embedded corpus. "sotu" address i (date order) is held out iff i % val_every == val_every - 1."""
     if name not in CORPORA:
         raise ValueError(f"unknown corpus {name!r}; choose one of {sorted(CORPORA)}")
     if split not in CORPORA[name]:

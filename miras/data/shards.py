@@ -14,7 +14,7 @@ import glob
 import hashlib
 import json
 import os
-import tempfile
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -117,8 +117,10 @@ def tokenize_files(
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
         key.update(("jsonl" if path.suffix == ".jsonl" else "txt").encode() + digest.digest())
-    units = ((read_documents(p), p.stat().st_size) for p in files)  # one file at a time
-    return _cached_tokens(key.hexdigest()[:32], units, [str(p) for p in files], tokenizer, cache_dir, progress)
+    sizes = [p.stat().st_size for p in files]
+    units = ((read_documents(p), n) for p, n in zip(files, sizes))  # read lazily: one file in memory at a time
+    sources = [str(p) for p in files]
+    return _cached_tokens(key.hexdigest()[:32], units, sum(sizes), sources, tokenizer, cache_dir, progress)
 
 
 def token_stream(
@@ -138,12 +140,14 @@ def token_stream(
     """
     if str(source) in CORPORA:
         docs = load_corpus(str(source), split, val_every=val_every)
-        key = _key(tokenizer)
+        key, nbytes = _key(tokenizer), 0
         for doc in docs:
             raw = doc.encode()
             key.update(len(raw).to_bytes(8, "little") + raw)
-        units = [(docs, sum(len(d.encode()) for d in docs))]
-        return _cached_tokens(key.hexdigest()[:32], units, [f"{source}:{split}"], tokenizer, cache_dir, progress)
+            nbytes += len(raw)
+        units = [(docs, nbytes)]
+        sources = [f"{source}:{split}"]
+        return _cached_tokens(key.hexdigest()[:32], units, nbytes, sources, tokenizer, cache_dir, progress)
     if split not in PATH_SPLITS:
         raise ValueError(f"split must be one of {PATH_SPLITS} for data files, got {split!r}")
     if not 0 < val_fraction < 1:
@@ -160,19 +164,20 @@ def token_stream(
     return tokens[:cut] if split == "train" else tokens[cut:]
 
 
-def _key(tokenizer: Tokenizer) -> "hashlib._Hash":
+def _key(tokenizer: Tokenizer):
     return hashlib.sha256(f"miras-tokens-v{FORMAT_VERSION}\0{tokenizer.fingerprint}\0".encode())
 
 
 def _cached_tokens(
     key: str,
     units: Iterable[tuple[list[str], int]],
+    total_bytes: int,
     sources: list[str],
     tokenizer: Tokenizer,
     cache_dir: str | os.PathLike | None,
     progress: bool,
 ) -> np.memmap:
-    """Load entry `key`, or build it from `units` = (documents, their size in bytes for the progress bar)."""
+    """Load entry `key`, or build it from `units` = (documents, their size in bytes, for the progress bar)."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     bin_path, index_path = cache_dir / f"{key}.bin", cache_dir / f"{key}.json"
     if index_path.exists():
@@ -183,14 +188,15 @@ def _cached_tokens(
 
     dtype = np.dtype("<u2" if tokenizer.vocab_size <= 1 << 16 else "<u4")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".tmp")
+    # Write to a unique temp name, then rename: readers never see a partial file, and concurrent writers of the
+    # same entry both produce identical bytes.
+    tmp = cache_dir / f".{key}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
     try:
-        with os.fdopen(fd, "wb") as f:
-            num_tokens, num_docs = _write_tokens(units, tokenizer, f, dtype, progress)
+        with open(tmp, "xb") as f:
+            num_tokens, num_docs = _write_tokens(units, total_bytes, tokenizer, f, dtype, progress)
         os.replace(tmp, bin_path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
     index = {
         "format": FORMAT_VERSION,
         "dtype": dtype.name,
@@ -200,20 +206,20 @@ def _cached_tokens(
                       "eos_id": tokenizer.eos_id},
         "sources": sources,
     }
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(index, f, indent=1)
+    tmp = cache_dir / f".{key}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+    tmp.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, index_path)
     return np.memmap(bin_path, dtype=dtype, mode="r", shape=(num_tokens,))
 
 
-def _write_tokens(units, tokenizer: Tokenizer, f, dtype: np.dtype, progress: bool) -> tuple[int, int]:
+def _write_tokens(
+    units: Iterable[tuple[list[str], int]], total_bytes: int, tokenizer: Tokenizer, f, dtype: np.dtype, progress: bool
+) -> tuple[int, int]:
     """Append every document's ids and an EOS to `f`; returns (tokens, documents) written."""
     num_tokens = num_docs = 0
-    with tqdm(total=0, unit="B", unit_scale=True, desc="tokenizing", disable=not progress) as bar:
+    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not progress) as bar:
         for docs, nbytes in units:
-            bar.total += nbytes
-            pieces = [(p, i == len(ps) - 1) for doc in docs for i, p in enumerate(ps := _pieces(doc))]  # (text, ends doc)
+            pieces = [piece for doc in docs for piece in _pieces(doc)]
             chars = sum(len(p) for p, _ in pieces)
             for group in _groups(pieces):
                 for (_, ends_doc), ids in zip(group, tokenizer.encode_batch([p for p, _ in group])):
@@ -226,9 +232,10 @@ def _write_tokens(units, tokenizer: Tokenizer, f, dtype: np.dtype, progress: boo
     return num_tokens, num_docs
 
 
-def _pieces(doc: str) -> list[str]:
-    """Cut a long document before newlines that follow a non-space character. GPT-2-style pre-tokenization (both
-    tokenizer kinds) always starts a new pre-token there, so the pieces encode to exactly the whole document's ids."""
+def _pieces(doc: str) -> list[tuple[str, bool]]:
+    """(text, ends document) pieces of a document. Long documents are cut before newlines that follow a non-space
+    character: GPT-2-style pre-tokenization (both tokenizer kinds) always starts a new pre-token there, so the pieces
+    encode to exactly the whole document's ids."""
     pieces, start = [], 0
     while len(doc) - start > PIECE_CHARS:
         cut = doc.find("\n", start + PIECE_CHARS)
@@ -239,7 +246,7 @@ def _pieces(doc: str) -> list[str]:
         pieces.append(doc[start:cut])
         start = cut
     pieces.append(doc[start:])
-    return pieces
+    return [(p, i == len(pieces) - 1) for i, p in enumerate(pieces)]
 
 
 def _groups(pieces: list[tuple[str, bool]]) -> Iterator[list[tuple[str, bool]]]:
@@ -253,3 +260,38 @@ def _groups(pieces: list[tuple[str, bool]]) -> Iterator[list[tuple[str, bool]]]:
         chars += len(piece[0])
     if group:
         yield group
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batches
+
+
+class TokenBatches:
+    """Random training windows. `batch(step)` depends only on (seed, step), so a resumed run continues exactly by
+    asking for the next step; no sampler state needs saving."""
+
+    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int = 0):
+        if len(tokens) < seq_len + 1:
+            raise ValueError(f"need at least seq_len + 1 = {seq_len + 1} tokens, got {len(tokens)}")
+        self.tokens, self.batch_size, self.seq_len, self.seed = tokens, batch_size, seq_len, seed
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, labels), both int64 [B, T]; labels are the inputs shifted left by one token."""
+        rng = np.random.default_rng((self.seed, step))
+        starts = rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size)  # window = T + 1 tokens
+        return _windows(self.tokens, starts, self.seq_len)
+
+
+def sequential_batches(
+    tokens: np.ndarray, batch_size: int, seq_len: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Evaluation batches: windows i = tokens[i*T : i*T + T + 1] for i < (N - 1) // T, in order, so each token after the
+    first is predicted exactly once; a trailing partial window is dropped and the last batch may have fewer rows."""
+    num_windows = (len(tokens) - 1) // seq_len
+    for lo in range(0, num_windows, batch_size):
+        yield _windows(tokens, np.arange(lo, min(lo + batch_size, num_windows)) * seq_len, seq_len)
+
+
+def _windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = tokens[starts[:, None] + np.arange(seq_len + 1)].astype(np.int64)  # [B, T + 1]
+    return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())  # contiguous, own memory

@@ -92,7 +92,8 @@ def mqar_splits(
 ) -> MQARSplits:
     """Train and test MQAR sets in which no test row's `inputs` equals any train row's `inputs`.
 
-    The two sets come from independent streams spawned from `seed`. Test rows that repeat a train row are dropped
+    The two sets come from independent streams spawned from `seed` (so `.train` differs from `mqar(..., seed=seed)`),
+    with the same `mqar` layout and label alignment. Test rows that repeat a train row are dropped
     and redrawn (only likely with tiny vocabularies); a ValueError is raised if `max_rounds` redraws are not enough,
     i.e. when the task has too few distinct examples for the requested sizes.
     """
@@ -238,12 +239,14 @@ _NOUNS = (
     "meadow mirror nickel orchard otter parcel pepper quarry raven ribbon saddle spruce tavern thistle tunnel "
     "valley walrus willow window yacht zebra pebble marble candle"
 ).split()
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+# Whitespace after . ! or ?, except after common titles and initials ("Mr. Speaker", "U.S. Congress"), so that the
+# needle does not split a name; RULER uses nltk's sentence tokenizer, which we do not depend on.
+_SENTENCE_END = re.compile(r"(?<=[.!?])(?<!\bMr\.)(?<!\bMrs\.)(?<!\bMs\.)(?<!\bDr\.)(?<!\bSt\.)(?<!\b[A-Z]\.)\s+")
 
 
 @dataclass(frozen=True)
 class NIAHSample:
-    """One S-NIAH prompt. len(prompt_ids) <= context_len.
+    """One S-NIAH prompt of exactly context_len tokens (the haystack fills whatever the template leaves).
 
     prompt_ids: header, haystack with the needle at a sentence boundary, then the question ending in "... is".
     answer / answer_ids: the needle's value, and the ids of " " + answer, i.e. what should follow the prompt.
@@ -272,12 +275,14 @@ def niah_sample(
     seed: int | Sequence[int],
     documents: Sequence[str] | None = None,
 ) -> NIAHSample:
-    """One single-needle prompt of at most `context_len` tokens with the needle at `depth` of the haystack.
+    """One single-needle prompt of `context_len` tokens with the needle at `depth` of the haystack.
 
     variant: one of NIAH_VARIANTS. "passkey" hides a 7-digit number in repeated filler sentences; "number" hides a
     7-digit number and "uuid" (alias "word", the paper's S-NIAH-W) a UUID in real text taken from `documents`,
     starting at a random document and continuing through the following ones (wrapping around). `documents` is
     required by the real-text variants and unused by "passkey".
+    context_len: prompt length in tokens. RULER budgets max_seq_length - tokens_to_generate for the prompt; pass
+        that difference if the model's window must also hold the answer.
     depth: 0 puts the needle before the haystack, 1 after it.
     seed: anything np.random.default_rng accepts; it picks the key, the value and the first document.
     """

@@ -84,7 +84,7 @@ class Tokenizer:
         path = Path(path)
         meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
         if meta.get("kind") not in KINDS:
-            raise ValueError(f"{path / META_FILE}: unknown tokenizer kind {meta.get('kind')!r}; expected one of {KINDS}")
+            raise ValueError(f"{path / META_FILE}: unknown tokenizer kind {meta.get('kind')!r}; expected {KINDS}")
         tok = cls.gpt2() if meta["kind"] == "gpt2" else cls._bpe(HFTokenizer.from_file(str(path / BPE_FILE)))
         if tok.vocab_size != meta["vocab_size"]:
             raise ValueError(f"{path}: vocab_size {tok.vocab_size} does not match {META_FILE} ({meta['vocab_size']})")

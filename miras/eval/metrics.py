@@ -32,14 +32,17 @@ def bits_per_byte(nll_sum: float, num_bytes: int) -> float:
 def token_nll(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Per-token NLL in float32. logits [N, T, V], labels [N, T] -> [N, T], 0 where labels == ignore_index."""
     n, t, v = logits.shape
-    nll = F.cross_entropy(logits.reshape(n * t, v).float(), labels.reshape(n * t), ignore_index=ignore_index, reduction="none")
+    nll = F.cross_entropy(
+        logits.reshape(n * t, v).float(), labels.reshape(n * t), ignore_index=ignore_index, reduction="none"
+    )
     return nll.view(n, t)
 
 
 def per_position_loss(nll: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over examples of the loss at each position. nll [N, T], mask [N, T] bool -> [T] float64, NaN at positions
     where no example is scored."""
-    return _mean_or_nan((nll.double() * mask).sum(0), mask.sum(0))
+    # masked_fill rather than a product, so a NaN/inf at an unscored position cannot leak into the mean.
+    return _mean_or_nan(nll.double().masked_fill(~mask, 0).sum(0), mask.sum(0))
 
 
 def token_accuracy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> float:
@@ -88,7 +91,7 @@ class NLLAccumulator:
             pad = t - self.position_count.numel()
             self.position_nll_sum = F.pad(self.position_nll_sum, (0, pad))
             self.position_count = F.pad(self.position_count, (0, pad))
-        self.position_nll_sum[:t] += (nll.double() * mask).sum(0)
+        self.position_nll_sum[:t] += nll.double().masked_fill(~mask, 0).sum(0)
         self.position_count[:t] += mask.sum(0)
 
     @property

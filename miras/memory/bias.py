@@ -3,7 +3,8 @@
 e = M(k) - v is the residual, shapes [..., V]; delta (Huber's δ_t) broadcasts as [..., 1].
 The memory's weight gradient is u backpropagated through the memory (closed form in the fast path, autograd in the
 reference), so a bias is fully described by u. Smoothing (paper Sec. 7): Sign(x) ≈ tanh(s·x) when
-sign_sharpness s > 0, and |x|^r ≈ (x² + ε)^{r/2} with ε = abs_eps.
+sign_sharpness s > 0, and |x|^r ≈ (x² + ε)^{r/2} with ε = abs_eps (lp with the exact sign uses
+Sign(x)|x|^{p-1} = x |x|^{p-2} ≈ x (x² + ε)^{(p-2)/2}, which stays continuous at 0).
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ def upstream(
     if spec.bias == "l2":  # ℓ = ½‖e‖²
         return e
     if spec.bias == "lp":  # ℓ = ‖e‖_p^p
-        return spec.p * smooth_sign(spec, e) * smooth_abs_pow(spec, e, spec.p - 1.0)
+        if spec.sign_sharpness > 0:  # the paper's smoothing: p tanh(s e) (e² + ε)^{(p-1)/2}
+            return spec.p * smooth_sign(spec, e) * smooth_abs_pow(spec, e, spec.p - 1.0)
+        # exact sign: p e (e² + ε)^{(p-2)/2}, the gradient of Σ(e² + ε)^{p/2}; unlike sign(e)(e² + ε)^{(p-1)/2}
+        # it is continuous at e = 0, so a rounding-level change of e cannot flip u by 2pε^{(p-1)/2}
+        return spec.p * e * smooth_abs_pow(spec, e, spec.p - 2.0)
     if spec.bias == "huber":  # l2 gradient inside the δ-ball, δ·∇‖e‖₁ outside (Yaad, Eq. 26)
         if delta is None:
             raise ValueError("bias='huber' needs the delta gate (Huber threshold δ_t)")

@@ -1,0 +1,32 @@
+"""Data layer: embedded corpora, tokenizers, cached token arrays and batch samplers."""
+
+from .corpus import CORPORA, SOTU_VAL_EVERY, load_corpus
+from .shards import (
+    DataError,
+    TokenBatches,
+    default_cache_dir,
+    iter_documents,
+    read_documents,
+    resolve_files,
+    sequential_batches,
+    token_stream,
+    tokenize_files,
+)
+from .tokenizer import EOS_TOKEN, Tokenizer
+
+__all__ = [
+    "CORPORA",
+    "EOS_TOKEN",
+    "SOTU_VAL_EVERY",
+    "DataError",
+    "TokenBatches",
+    "Tokenizer",
+    "default_cache_dir",
+    "iter_documents",
+    "load_corpus",
+    "read_documents",
+    "resolve_files",
+    "sequential_batches",
+    "token_stream",
+    "tokenize_files",
+]

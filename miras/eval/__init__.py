@@ -1,0 +1,13 @@
+"""Evaluation: metrics (`miras.eval.metrics`) and figures (`miras.eval.plots`, imported on demand: it loads
+matplotlib)."""
+
+from miras.eval.metrics import (
+    NLLAccumulator,
+    bits_per_byte,
+    per_position_loss,
+    perplexity,
+    token_accuracy,
+    token_nll,
+)
+
+__all__ = ["NLLAccumulator", "bits_per_byte", "per_position_loss", "perplexity", "token_accuracy", "token_nll"]

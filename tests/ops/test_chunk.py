@@ -1,0 +1,153 @@
+"""chunk_miras ≡ naive_recurrent_miras: outputs, final state and every gradient, in float64 (the specification)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from miras import presets
+from miras.ops import chunk_miras, naive_recurrent_miras
+from miras.spec import ALGORITHMS, BIASES, MEMORIES, RETENTIONS, MemorySpec
+from tests.ops.inputs import make_inputs
+
+
+def _random_specs(count: int, seed: int = 42) -> list[MemorySpec]:
+    rng = random.Random(seed)
+    specs = []
+    while len(specs) < count:
+        fields = dict(
+            memory=rng.choice(MEMORIES), bias=rng.choice(BIASES), retention=rng.choice(RETENTIONS),
+            algorithm=rng.choice(ALGORITHMS), mlp_depth=rng.choice([1, 2, 3]),
+            mlp_activation=rng.choice(["gelu", "silu", "tanh"]), mlp_norm=rng.choice(["layernorm", "none"]),
+            p=rng.choice([1.5, 2.0, 3.0, 4.0]), q=rng.choice([2.0, 3.0, 4.0]), lq_map=rng.choice(["literal", "mirror"]),
+            sign_sharpness=rng.choice([0.0, 10.0]),
+        )
+        if fields["retention"] in ("none", "decay"):
+            fields["gradient_at"] = rng.choice(["anchor", "retained"])
+        specs.append(MemorySpec(**fields))
+    return specs
+
+
+def _run(fn, spec, q, k, v, gates, state, chunk_size):
+    return fn(
+        q, k, v, gates["eta"], gates["alpha"], spec=spec, chunk_size=chunk_size, momentum=gates["momentum"],
+        delta=gates["delta"], initial_state=state, output_final_state=True,
+    )
+
+
+def _state_tensors(state):
+    return [*state.memory, *(state.momentum or ()), *(state.anchor or ()), *(state.read or ())]
+
+
+def assert_equivalent(spec: MemorySpec, T: int, chunk_size: int, seed: int = 0, grads: bool = True) -> None:
+    q, k, v, gates, state, leaves = make_inputs(spec, T=T, seed=seed, requires_grad=grads)
+    o_ref, s_ref = _run(naive_recurrent_miras, spec, q, k, v, gates, state, chunk_size)
+    o, s = _run(chunk_miras, spec, q, k, v, gates, state, chunk_size)
+    torch.testing.assert_close(o, o_ref, rtol=1e-9, atol=1e-9, msg=lambda m: f"output: {m}")
+    assert s.offset == s_ref.offset == T % chunk_size
+    for a, b in zip(_state_tensors(s), _state_tensors(s_ref), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=lambda m: f"final state: {m}")
+    if not grads:
+        return
+    g = torch.Generator().manual_seed(seed + 1)
+    outs_ref, outs = [o_ref, *_state_tensors(s_ref)], [o, *_state_tensors(s)]
+    cotangents = [torch.randn(x.shape, generator=g, dtype=x.dtype) for x in outs]
+    grads_ref = torch.autograd.grad(outs_ref, leaves, cotangents, allow_unused=True)
+    grads_fast = torch.autograd.grad(outs, leaves, cotangents, allow_unused=True)
+    for i, (a, b) in enumerate(zip(grads_fast, grads_ref)):
+        a = torch.zeros_like(leaves[i]) if a is None else a
+        b = torch.zeros_like(leaves[i]) if b is None else b
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=lambda m: f"gradient of input {i}: {m}")
+
+
+@pytest.mark.parametrize("chunk_size", [1, 8, 16, 64])
+@pytest.mark.parametrize("T", [1, 7, 63, 100])
+@pytest.mark.parametrize("preset", sorted(presets.PRESETS))
+def test_chunk_presets(preset, T, chunk_size):
+    assert_equivalent(presets.get(preset), T, chunk_size)
+
+
+@pytest.mark.parametrize("index, spec", list(enumerate(_random_specs(24))), ids=lambda x: str(x) if isinstance(x, int) else "")
+@pytest.mark.parametrize("T, chunk_size", [(7, 1), (63, 8), (100, 16)])
+def test_chunk_random_specs(index, spec, T, chunk_size):
+    assert_equivalent(spec, T, chunk_size, seed=index)
+
+
+@pytest.mark.parametrize("preset", ["moneta", "yaad", "memora", "titans", "gated_deltanet"])
+@pytest.mark.parametrize("split", [16, 21])  # a chunk boundary, and inside a chunk
+def test_chaining(preset, split):
+    spec = presets.get(preset)
+    T, chunk_size = 40, 8
+    q, k, v, gates, state, _ = make_inputs(spec, T=T)
+    o_full, s_full = _run(chunk_miras, spec, q, k, v, gates, state, chunk_size)
+
+    def part(x, lo, hi):
+        return None if x is None else x[:, lo:hi]
+
+    first = {n: part(g, 0, split) for n, g in gates.items()}
+    second = {n: part(g, split, T) for n, g in gates.items()}
+    o1, s1 = _run(chunk_miras, spec, q[:, :split], k[:, :split], v[:, :split], first, state, chunk_size)
+    o2, s2 = _run(chunk_miras, spec, q[:, split:], k[:, split:], v[:, split:], second, s1, chunk_size)
+    torch.testing.assert_close(torch.cat([o1, o2], dim=1), o_full, rtol=1e-10, atol=1e-10)
+    for a, b in zip(_state_tensors(s2), _state_tensors(s_full), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def _hand_written_gated_delta_rule(q, k, v, beta, alpha, S0):
+    """S_t = α_t (I - β_t k_t k_tᵀ) S_{t-1} + β_t v_t k_tᵀ (S is [V, K]), o_t = S_t q_t. No library code."""
+    B, T, H, _ = q.shape
+    S = S0.clone()
+    outs = []
+    for t in range(T):
+        kt, vt, qt = k[:, t], v[:, t], q[:, t]  # [B, H, K], [B, H, V]
+        a, b = alpha[:, t, :, None, None], beta[:, t, :, None, None]
+        Sk = torch.einsum("bhvk,bhk->bhv", S, kt)
+        S = a * S - a * b * torch.einsum("bhv,bhk->bhvk", Sk, kt) + b * torch.einsum("bhv,bhk->bhvk", vt, kt)
+        outs.append(torch.einsum("bhvk,bhk->bhv", S, qt))
+    return torch.stack(outs, dim=1), S
+
+
+@pytest.mark.parametrize("mode", ["chunk", "naive"])
+def test_gated_deltanet_is_the_gated_delta_rule(mode):
+    spec = presets.gated_deltanet()
+    q, k, v, gates, state, _ = make_inputs(spec, T=33, V=5)
+    fn = chunk_miras if mode == "chunk" else naive_recurrent_miras
+    o, s = _run(fn, spec, q, k, v, gates, state, 1)
+    o_ref, S_ref = _hand_written_gated_delta_rule(q, k, v, gates["eta"], gates["alpha"], state.memory[0])
+    torch.testing.assert_close(o, o_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(s.memory[0], S_ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
+def test_low_precision_matches_float64(dtype, tol):
+    """float32/bfloat16 inputs compute in float32 with a float32 state; compare with float64 on the same (rounded)
+    inputs, so that only the op's own arithmetic and the output rounding count."""
+    spec = presets.moneta()
+    q, k, v, gates, state, _ = make_inputs(spec, T=50, K=8, V=8)
+    low = {n: None if g is None else g.to(dtype) for n, g in gates.items()}
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    o, s = _run(chunk_miras, spec, q, k, v, low, type(state)(tuple(w.float() for w in state.memory)), 16)
+    assert o.dtype == dtype and s.memory[0].dtype == torch.float32
+    as64 = {n: None if g is None else g.double() for n, g in low.items()}
+    o64, _ = _run(chunk_miras, spec, q.double(), k.double(), v.double(), as64, state, 16)
+    torch.testing.assert_close(o.double(), o64, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("preset", sorted(presets.PRESETS))
+def test_float32_finite_for_large_norm_inputs(preset):
+    spec = presets.get(preset)
+    q, k, v, gates, state, _ = make_inputs(spec, T=70, K=8, V=8, dtype=torch.float32)
+    # huge queries and values, keys large too (with a step size that keeps the inner GD stable), big Huber δ
+    q, v = q * 1e4, v * 1e4
+    k = k * 30.0
+    gates["eta"] = gates["eta"] / 1e4
+    if gates["delta"] is not None:
+        gates["delta"] = gates["delta"] * 1e4
+    q.requires_grad_(True)
+    o, s = _run(chunk_miras, spec, q, k, v, gates, state, 16)
+    assert torch.isfinite(o).all()
+    assert all(torch.isfinite(w).all() for w in s.memory)
+    o.square().mean().backward()
+    assert torch.isfinite(q.grad).all()
