@@ -21,9 +21,14 @@ def smooth_sign(spec: MemorySpec, x: torch.Tensor) -> torch.Tensor:
 
 
 def smooth_abs_pow(spec: MemorySpec, x: torch.Tensor, power: float) -> torch.Tensor:
-    if spec.abs_eps > 0:  # hypot(x, √ε) = (x² + ε)^{1/2} without overflowing x² for large x
-        return torch.hypot(x, x.new_tensor(spec.abs_eps**0.5)) ** power
-    return x.abs() ** power
+    if spec.abs_eps == 0:
+        return x.abs() ** power
+    sq = x * x + spec.abs_eps
+    if power == 2.0:  # the common cases without a general pow (the hot path of Moneta: p = 3, q = 4)
+        return sq
+    if power == 1.0:
+        return torch.sqrt(sq)
+    return sq ** (0.5 * power)
 
 
 def upstream(

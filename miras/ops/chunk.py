@@ -8,6 +8,8 @@ Tensors are [B, H, n, D] inside; the public layout is [B, T, H, D].
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -37,27 +39,38 @@ def _decay_products(gate: torch.Tensor) -> torch.Tensor:
     return torch.exp(_segsum(F.pad(logs, (1, 0))))
 
 
-class _Coefficients:
-    """The chunk's gate algebra (README section 2): for t, i in 1..n,
-    W_t = a_t W_0 + b_t S_0 - sum_{i<=t} C[t, i] g_i   and   S_n = s_n S_0 - sum_i D[i] g_i."""
+class _Coefficients(NamedTuple):
+    """A chunk's gate algebra (README section 3), for t, i in 1..n (leading dims [B, H] or [B, H, N]):
+    W_t = a_t W_0 + b_t S_0 - sum_{i<=t} c[t, i] g_i   and   S_n = s_end S_0 - sum_i d_end[i] g_i."""
 
-    def __init__(self, eta: torch.Tensor, alpha: torch.Tensor | None, theta: torch.Tensor | None) -> None:
-        n = eta.shape[-1]
-        if alpha is None:  # retention "none": every product is 1
-            p_alpha = eta.new_ones(*eta.shape[:-1], n + 1, n + 1).tril()
-        else:
-            p_alpha = _decay_products(alpha)
-        self.a = p_alpha[..., 1:, 0]  # [B, H, n]
-        if theta is None:
-            mixed = p_alpha
-            self.b = None
-        else:
-            p_theta = _decay_products(theta)
-            mixed = p_alpha @ p_theta  # sum_m Pα[t, m] Pθ[m, i]
-            self.b = mixed[..., 1:, 0] - self.a
-            self.s_end = p_theta[..., -1, 0]  # [B, H]
-            self.d_end = p_theta[..., -1, 1:] * eta  # [B, H, n]
-        self.c = mixed[..., 1:, 1:] * eta.unsqueeze(-2)  # [B, H, n, n], zero above the diagonal
+    a: torch.Tensor  # [..., n]
+    c: torch.Tensor  # [..., n, n], zero above the diagonal
+    b: torch.Tensor | None  # [..., n] (momentum only, as the rest)
+    s_end: torch.Tensor | None  # [...]
+    d_end: torch.Tensor | None  # [..., n]
+
+    def unbind(self) -> list["_Coefficients"]:
+        """A [B, H, N, ...] batch -> one _Coefficients per chunk (unbind, so that backward stacks once)."""
+        fields = [None if x is None else x.unbind(2) for x in self]
+        count = fields[0].__len__()
+        return [_Coefficients(*(None if f is None else f[j] for f in fields)) for j in range(count)]
+
+
+def _coefficients(eta: torch.Tensor, alpha: torch.Tensor | None, theta: torch.Tensor | None) -> _Coefficients:
+    """Gates [..., n] -> the chunk's coefficients; any leading dims (all chunks at once when they are [B, H, N])."""
+    n = eta.shape[-1]
+    if alpha is None:  # retention "none": every product is 1
+        p_alpha = eta.new_ones(n + 1, n + 1).tril().expand(*eta.shape[:-1], n + 1, n + 1)
+    else:
+        p_alpha = _decay_products(alpha)
+    a = p_alpha[..., 1:, 0]
+    if theta is None:
+        return _Coefficients(a, p_alpha[..., 1:, 1:] * eta.unsqueeze(-2), None, None, None)
+    p_theta = _decay_products(theta)
+    mixed = p_alpha @ p_theta  # sum_m Pα[t, m] Pθ[m, i]
+    return _Coefficients(
+        a, mixed[..., 1:, 1:] * eta.unsqueeze(-2), mixed[..., 1:, 0] - a, p_theta[..., -1, 0], p_theta[..., -1, 1:] * eta
+    )
 
 
 def _layer_norm_stats(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,8 +132,12 @@ def _dual_read(
     inputs: list[torch.Tensor],
     deltas: list[torch.Tensor],
     q: torch.Tensor,
+    scores0: torch.Tensor | None,
 ) -> torch.Tensor:
-    """o_t = M_{W_t}(q_t) for every token of the chunk without materializing W_t (README section 3)."""
+    """o_t = M_{W_t}(q_t) for every token of the chunk without materializing W_t (README section 4).
+
+    scores0 [B, H, n, n], if given, is the first layer's (Q Kᵀ) ⊙ C, computed for all chunks at once beforehand.
+    """
     x = q
     h = None
     for layer, w in enumerate(read0):
@@ -129,8 +146,8 @@ def _dual_read(
         h = coef.a.unsqueeze(-1) * (x @ w.transpose(-1, -2))
         if mom0 is not None:
             h = h + coef.b.unsqueeze(-1) * (x @ mom0[layer].transpose(-1, -2))
-        scores = (x @ inputs[layer].transpose(-1, -2)) * coef.c  # [B, H, n, n]
-        h = h - scores @ deltas[layer]
+        scores = scores0 if layer == 0 and scores0 is not None else (x @ inputs[layer].transpose(-1, -2)) * coef.c
+        h = h - scores @ deltas[layer]  # [B, H, n, out]
     y = h
     if spec.mlp and spec.mlp_norm == "layernorm":
         y = F.layer_norm(h, h.shape[-1:], eps=spec.norm_eps)
@@ -139,39 +156,64 @@ def _dual_read(
     return y
 
 
+class _Tokens(NamedTuple):
+    """A window of the inputs, heads first: q, k [B, H, n, K], v [B, H, n, V], gates [B, H, n] (or None)."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    eta: torch.Tensor
+    alpha: torch.Tensor | None
+    theta: torch.Tensor | None
+    delta: torch.Tensor | None
+
+    def split(self, sizes: list[int]) -> list["_Tokens"]:
+        """Consecutive windows of the given lengths (torch.split: its backward concatenates once, where slicing
+        each window would allocate a full-length zero gradient per window)."""
+        parts = [None if x is None else torch.split(x, sizes, dim=2) for x in self]
+        return [_Tokens(*(None if p is None else p[j] for p in parts)) for j in range(len(sizes))]
+
+    def chunks(self, start: int, count: int, size: int, skip: int) -> "_Tokens":
+        """`count` chunks of `size` from `start`, each without its first `skip` tokens: [B, H, N, size - skip, ...]."""
+        end = start + count * size
+
+        def split(x: torch.Tensor | None) -> torch.Tensor | None:
+            if x is None:
+                return None
+            x = x[:, :, start:end]
+            return x.reshape(*x.shape[:2], count, size, *x.shape[3:])[:, :, :, skip:]
+
+        return _Tokens(*(split(x) for x in self))
+
+
 def _segment(
     spec: MemorySpec,
     anchor: Weights,
     read0: Weights | None,
     mem0: Weights,
     mom0: Weights | None,
-    q: torch.Tensor | None,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    eta: torch.Tensor,
-    alpha: torch.Tensor | None,
-    theta: torch.Tensor | None,
-    delta: torch.Tensor | None,
-) -> tuple[torch.Tensor | None, Weights, Weights | None, Weights | None, Weights]:
+    tokens: _Tokens,
+    coef: _Coefficients | None = None,
+    scores0: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, Weights, Weights | None, Weights | None, Weights]:
     """Tokens of one chunk that all take their gradient at `anchor` and update linearly.
 
-    read0 is the read weights before the segment (None: the same as mem0). Returns (o [B, H, n, V] or None when
-    q is None, memory after, momentum after, read weights after (None when read0 is None), anchor after).
+    read0 is the read weights before the segment (None: the same as mem0). coef/scores0: precomputed for this chunk
+    (computed here when None). Returns (o [B, H, n, V], memory after, momentum after, read weights after (None when
+    read0 is None), anchor after).
     """
-    coef = _Coefficients(eta, alpha, theta)
+    if coef is None:
+        coef = _coefficients(tokens.eta, tokens.alpha, tokens.theta)
     gamma = coef.a if spec.gradient_at == "retained" else None
-    inputs, deltas = _anchor_gradients(spec, anchor, k, v, delta, gamma)
-    o = None
-    if q is not None:
-        o = _dual_read(spec, mem0 if read0 is None else read0, mom0, coef, inputs, deltas, q)
+    inputs, deltas = _anchor_gradients(spec, anchor, tokens.k, tokens.v, tokens.delta, gamma)
+    o = _dual_read(spec, mem0 if read0 is None else read0, mom0, coef, inputs, deltas, tokens.q, scores0)
     a_end = coef.a[..., -1, None, None]  # [B, H, 1, 1]
     c_end = coef.c[..., -1, :].unsqueeze(-1)  # [B, H, n, 1]
-    updates = [(d * c_end).transpose(-1, -2) @ x for d, x in zip(deltas, inputs)]  # sum_i C[n, i] g_i
-    mem = [a_end * m - u for m, u in zip(mem0, updates)]
+    mem = tuple(a_end * m - (d * c_end).transpose(-1, -2) @ x for m, d, x in zip(mem0, deltas, inputs))
     mom = None
     if mom0 is not None:
         b_end = coef.b[..., -1, None, None]
-        mem = [m + b_end * s for m, s in zip(mem, mom0)]
+        mem = tuple(m + b_end * s for m, s in zip(mem, mom0))
         s_end = coef.s_end[..., None, None]
         d_end = coef.d_end.unsqueeze(-1)
         mom = tuple(s_end * s - (d * d_end).transpose(-1, -2) @ x for s, d, x in zip(mom0, deltas, inputs))
@@ -179,7 +221,26 @@ def _segment(
     if read0 is not None:  # the read weights follow the same increments from their own base
         read = tuple(m + a_end * (r - m0) for m, r, m0 in zip(mem, read0, mem0))
     anchor_end = tuple(a_end * w for w in anchor) if gamma is not None else anchor
-    return o, tuple(mem), mom, read, anchor_end
+    return o, mem, mom, read, anchor_end
+
+
+def _lag_step(
+    spec: MemorySpec, mem0: Weights, mom0: Weights | None, tokens: _Tokens
+) -> tuple[torch.Tensor, Weights, Weights | None, Weights]:
+    """The lag token of a non-linear retention (README section 1): one exact step at φ(A'), then W_s = φ(A_s).
+    tokens holds one token. Returns (o [B, H, 1, V], accumulator after, momentum after, W_s)."""
+    inputs, deltas = _anchor_gradients(spec, retention_map(spec, mem0), tokens.k, tokens.v, tokens.delta, None)
+    eta = tokens.eta[..., None]  # [B, H, 1, 1]
+    alpha = 1.0 if tokens.alpha is None else tokens.alpha[..., None]
+    grads = [d.transpose(-1, -2) @ x for d, x in zip(deltas, inputs)]  # [B, H, out, in]
+    if mom0 is None:
+        mom = None
+        mem = tuple(alpha * m - eta * g for m, g in zip(mem0, grads))
+    else:
+        mom = tuple(tokens.theta[..., None] * s - eta * g for s, g in zip(mom0, grads))
+        mem = tuple(alpha * m + s for m, s in zip(mem0, mom))
+    read = retention_map(spec, mem)
+    return memory_forward(spec, read, tokens.q), mem, mom, read
 
 
 def chunk_miras(
@@ -212,40 +273,47 @@ def chunk_miras(
     B, T, H, K = q.shape
     dt = compute_dtype(q)
     state = resolve_state(spec, initial_state, B, H, K, v.shape[-1], dt, q.device, chunk_size)
+    tokens = _Tokens(*(None if x is None else x.to(dt).transpose(1, 2) for x in (q, k, v, eta, alpha, momentum, delta)))
 
-    def heads_first(x: torch.Tensor | None) -> torch.Tensor | None:
-        return None if x is None else x.to(dt).transpose(1, 2)  # [B, T, H, ...] -> [B, H, T, ...]
-
-    qh, kh, vh = heads_first(q), heads_first(k), heads_first(v)
-    eta_h, alpha_h, theta_h, delta_h = (heads_first(g) for g in (eta, alpha, momentum, delta))
-
-    def window(x: torch.Tensor | None, start: int, end: int) -> torch.Tensor | None:
-        return None if x is None else x[:, :, start:end]
-
-    def run(read0, mem0, mom0, anchor, start, end, with_q=True):
-        return _segment(
-            spec, anchor, read0, mem0, mom0, window(qh, start, end) if with_q else None, window(kh, start, end),
-            window(vh, start, end), window(eta_h, start, end), window(alpha_h, start, end),
-            window(theta_h, start, end), window(delta_h, start, end),
-        )
-
-    mem, mom, pos = state.memory, state.momentum, state.offset
-    anchor, read = state.anchor, state.read
-    outputs = []
-    t = 0
+    # The segments: a lag token at each chunk start (non-linear retention), then the chunk's linear part.
+    lag = 1 if spec.nonlinear_retention else 0
+    plan = []  # (is_lag, length, index among the full chunks or -1, starts a chunk)
+    t, pos, full = 0, state.offset, 0
     while t < T:
-        if pos == 0:
-            if spec.nonlinear_retention:  # the lag token takes the exact non-linear step (README section 4)
-                _, mem, mom, _, _ = run(None, mem, mom, retention_map(spec, mem), t, t + 1, with_q=False)
-                read = anchor = retention_map(spec, mem)
-                outputs.append(memory_forward(spec, read, qh[:, :, t : t + 1]))
-                t, pos = t + 1, (1 % chunk_size)
-                continue
-            anchor, read = mem, None
+        if pos == 0 and lag:
+            plan.append((True, 1, -1, True))
+            t, pos = t + 1, 1 % chunk_size
+            continue
         n = min(chunk_size - pos, T - t)
-        o, mem, mom, read, anchor = run(read, mem, mom, anchor, t, t + n)
-        outputs.append(o)
+        is_full = pos == lag and n == chunk_size - lag
+        plan.append((False, n, full if is_full else -1, pos == 0))
+        full += is_full
         t, pos = t + n, (pos + n) % chunk_size
+
+    # The full chunks' gate coefficients and first-layer scores (Q Kᵀ) ⊙ C do not depend on the memory: compute them
+    # for all full chunks in one batched call.
+    coefs, scores = [None] * full, [None] * full
+    if full:
+        first = (chunk_size - state.offset) % chunk_size
+        body = tokens.chunks(first, full, chunk_size, lag)
+        coef_all = _coefficients(body.eta, body.alpha, body.theta)
+        coefs = coef_all.unbind()
+        if spec.gradient_at == "anchor":
+            scores = ((body.q @ body.k.transpose(-1, -2)) * coef_all.c).unbind(2)
+
+    mem, mom, anchor, read = state.memory, state.momentum, state.anchor, state.read
+    outputs = []
+    for (is_lag, _, j, starts_chunk), part in zip(plan, tokens.split([p[1] for p in plan])):
+        if is_lag:
+            o, mem, mom, read = _lag_step(spec, mem, mom, part)
+            anchor = read
+        else:
+            if starts_chunk:  # linear retention: the anchor is the state at the chunk boundary
+                anchor, read = mem, None
+            o, mem, mom, read, anchor = _segment(
+                spec, anchor, read, mem, mom, part, coefs[j] if j >= 0 else None, scores[j] if j >= 0 else None
+            )
+        outputs.append(o)
     o = torch.cat(outputs, dim=2).transpose(1, 2).to(q.dtype)  # [B, T, H, V]
     if not output_final_state:
         return o, None
