@@ -23,10 +23,15 @@ from miras.spec import MemorySpec
 
 
 def _lq(spec: MemorySpec, a: torch.Tensor) -> torch.Tensor:
-    # ‖A‖_q = m ‖A / m‖_q with m = max|A|, so that |A|^q cannot overflow (q = 4 overflows float32 at |A| ~ 1e10)
-    m = a.detach().abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1.0)
-    norm = m * smooth_abs_pow(spec, a / m, spec.q).sum(dim=(-2, -1), keepdim=True) ** (1.0 / spec.q)
-    scale = torch.clamp(norm, min=spec.lq_floor) ** (spec.q - 2.0)
+    # the floor keeps A = 0 (and any small A) finite, so no ε is needed in the norm; q = 4 (Moneta) without a pow
+    if spec.q == 4.0:
+        sq = a * a
+        powered = sq * sq
+    else:  # |a|^q, not (a²)^{q/2}: the latter's gradient is NaN at a = 0 for q < 2
+        powered = a.abs() ** spec.q
+    # n^{q-2} with n = max(‖A‖_q, floor), from the clamped sum: never the root of 0 (its gradient is infinite)
+    total = powered.sum(dim=(-2, -1), keepdim=True).clamp_min(spec.lq_floor**spec.q)
+    scale = total ** ((spec.q - 2.0) / spec.q)
     if spec.lq_map == "mirror":
         return smooth_sign(spec, a) * smooth_abs_pow(spec, a, spec.q - 1.0) / scale
     return a / scale

@@ -151,3 +151,15 @@ def test_float32_finite_for_large_norm_inputs(preset):
     assert all(torch.isfinite(w).all() for w in s.memory)
     o.square().mean().backward()
     assert torch.isfinite(q.grad).all()
+
+
+@pytest.mark.parametrize("retention", ["lq", "kl", "elastic"])
+@pytest.mark.parametrize("q_exponent", [1.5, 4.0])
+def test_zero_accumulator_has_finite_gradients(retention, q_exponent):
+    """A zero initial memory (the linear default) sits on every non-smooth point of the retention maps."""
+    spec = MemorySpec(memory="linear", bias="lp", retention=retention, q=q_exponent)
+    q, k, v, gates, _, leaves = make_inputs(spec, T=20, requires_grad=True)
+    zero = torch.zeros(2, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    o, _ = _run(chunk_miras, spec, q, k, v, gates, zero, 8)
+    grads = torch.autograd.grad(o.square().sum(), [*leaves[:5], zero])  # q, k, v, eta, alpha and the state
+    assert all(torch.isfinite(g).all() for g in grads)
