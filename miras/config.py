@@ -21,10 +21,17 @@ TRANSFORMER = "transformer"
 
 # Named sizes. The paper's Table 5 gives 170m / 340m / 780m (blocks x dim x heads); it has no 1.3B row, so "1.3b"
 # is a guess in the style of Gated DeltaNet's 1.3B (24 x 2048, 16 heads). vocab 32000 is the Llama-2 tokenizer the
-# Titans recipe names. "tiny" and "small" are for CPU runs with the local 8192-token BPE.
+# Titans recipe names; the SWA window is Samba's 2048. "tiny" and "small" are for CPU runs with the local 8192-token
+# BPE, with a window of a quarter of their context so that hybrids still differ from full attention.
 SIZES: dict[str, dict] = {
-    "tiny": dict(vocab_size=8192, hidden_size=128, num_hidden_layers=2, num_heads=4, max_position_embeddings=256),
-    "small": dict(vocab_size=8192, hidden_size=256, num_hidden_layers=4, num_heads=4, max_position_embeddings=512),
+    "tiny": dict(
+        vocab_size=8192, hidden_size=128, num_hidden_layers=2, num_heads=4, max_position_embeddings=256,
+        attention_window=64,
+    ),
+    "small": dict(
+        vocab_size=8192, hidden_size=256, num_hidden_layers=4, num_heads=4, max_position_embeddings=512,
+        attention_window=128,
+    ),
     "170m": dict(vocab_size=32000, hidden_size=768, num_hidden_layers=12, num_heads=16),
     "340m": dict(vocab_size=32000, hidden_size=1024, num_hidden_layers=24, num_heads=16),
     "780m": dict(vocab_size=32000, hidden_size=1536, num_hidden_layers=24, num_heads=16),

@@ -17,9 +17,12 @@ from miras.layers.rope import RotaryEmbedding
 class KVCache:
     """key/value [B, H, L, D] (keys already rotated) of the last L tokens; position: tokens seen so far."""
 
-    key: torch.Tensor | None = None
-    value: torch.Tensor | None = None
+    key: torch.Tensor
+    value: torch.Tensor
     position: int = 0
+
+    def detach(self) -> "KVCache":
+        return KVCache(self.key.detach(), self.value.detach(), self.position)
 
 
 class Attention(nn.Module):
@@ -43,8 +46,11 @@ class Attention(nn.Module):
         """Projections that write into the residual stream (their init is scaled down with depth)."""
         return [self.o_proj]
 
-    def init_cache(self) -> KVCache:
-        return KVCache()
+    def allocate_cache(self, batch_size: int) -> KVCache:
+        """The cache before the first token: no keys."""
+        w = self.qkv_proj.weight
+        empty = w.new_zeros(batch_size, self.num_heads, 0, self.head_dim)
+        return KVCache(empty, empty)
 
     def _mask(self, T: int, past: int, device: torch.device) -> torch.Tensor | None:
         """[T, past + T] bool, True where query t (at position past + t) may see key j; None: plain causal."""
@@ -65,7 +71,7 @@ class Attention(nn.Module):
         if self.rope is not None:
             q, k = self.rope(q, position), self.rope(k, position)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
-        if cache is not None and cache.key is not None:
+        if cache is not None:
             k = torch.cat([cache.key, k], dim=2)
             v = torch.cat([cache.value, v], dim=2)
         past = k.shape[2] - T

@@ -1,0 +1,520 @@
+"""`compare`: train several models under one parameter and token budget, then tabulate them in the paper's layout.
+
+Each candidate (a preset, optionally with its MemorySpec or ModelConfig fields changed: the ablations) is
+
+1. trained as a language model by `miras.train.train` on the same data, with the same steps x batch x sequence length
+   (so the same training tokens), the same optimizer settings and seed, and the same parameter count: at the size's
+   width every candidate's SwiGLU width is set so that its non-embedding parameters match the largest candidate's
+   (the width, and so the embedding, is the same for all, so total counts match too);
+2. scored by validation perplexity on every `val_data` set (the trainer's final evaluation: held-out State of the
+   Union addresses and Wikipedia by default);
+3. trained from scratch on MQAR at the LM's own architecture (same width, depth, heads and MLP), `miras.eval.mqar`;
+4. asked needle-in-a-haystack questions as a trained LM, `miras.eval.niah.evaluate_niah`.
+
+Results go to out_dir: results.json (the budget and one row per candidate), results.md (one table: rows = models;
+columns = perplexities, MQAR accuracy, NIAH accuracy, parameters, training tokens/s), loss.png (every candidate's
+training loss on one plot) and runs/<name>/, an ordinary run folder per candidate (`miras generate`, `miras eval`
+and `--resume` work on it). Both result files are rewritten atomically after every candidate, and a rerun in the same
+folder skips the candidates already finished and continues an interrupted training from its last checkpoint. A
+candidate that fails (diverges, runs out of memory, ...) gets its error in its row; the others still run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from miras.config import SIZES, TRANSFORMER, ModelConfig
+from miras.data import CORPORA, Tokenizer, iter_documents, load_corpus
+from miras.data.synthetic import NIAH_VARIANTS
+from miras.models import MirasLM
+from miras.presets import PRESETS
+from miras.spec import MemorySpec
+from miras.train import ConfigError, TrainConfig, save_checkpoint, train
+from miras.train.loop import WarmupCosine, param_groups
+from miras.train.run_dir import CONFIG_FILE, TOKENIZER_DIR, MetricsLog, read_config, write_config, write_text_atomic
+
+DEFAULT_MODELS = ("moneta", "yaad", "memora", "gated_deltanet", "titans", "transformer")
+MODELS = (*PRESETS, TRANSFORMER)
+RESULTS_FILE = "results.json"
+TABLE_FILE = "results.md"
+LOSS_PLOT = "loss.png"
+RUNS_DIR = "runs"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One row. name: its key and run folder name (letters, digits, '.', '_', '-'); label: its table text (default
+    the name); preset: a `miras.presets` name or "transformer"; spec: replaces the preset's MemorySpec; overrides:
+    other ModelConfig fields (e.g. use_rope=False); value: the x coordinate of an ablation plot."""
+
+    name: str
+    preset: str
+    spec: MemorySpec | None = None
+    overrides: dict = field(default_factory=dict)
+    label: str = ""
+    value: float | None = None
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """The shared budget. Field names are the command's flags (`mqar_steps` is `--mqar-steps`).
+
+    LM: a BPE of vocab_size tokens trained on `data`, shared by all; `steps` optimizer steps of batch_size x seq_len
+    tokens (seq_len -1: the size's context), AdamW at `lr`
+    (the trainer's warm-up, at most a fifth of the steps, then cosine), `eval_tokens` tokens per validation set.
+    MQAR: `mqar_steps` steps (0 skips MQAR) of mqar_batch_size examples of mqar_seq_len tokens with mqar_kv_pairs
+    pairs from a vocabulary of mqar_vocab_size, at mqar_lr. NIAH: niah_samples prompts (0 skips NIAH) per
+    (variant, length, depth); niah_lengths empty means the LM's seq_len.
+    """
+
+    size: str = "tiny"
+    steps: int = 400
+    batch_size: int = 8
+    seq_len: int = -1
+    lr: float = 3e-3
+    seed: int = 0
+    match_params: bool = True
+    data: str = "sotu"
+    val_data: tuple[str, ...] = ("sotu", "wiki")
+    vocab_size: int = 8192
+    eval_tokens: int = 16384
+    mqar_steps: int = 300
+    mqar_seq_len: int = 16
+    mqar_kv_pairs: int = 2
+    mqar_batch_size: int = 32
+    mqar_lr: float = 1e-3
+    mqar_vocab_size: int = 64
+    niah_lengths: tuple[int, ...] = ()
+    niah_depths: tuple[float, ...] = (0.0, 0.5, 1.0)
+    niah_variants: tuple[str, ...] = ("passkey", "number", "uuid")
+    niah_samples: int = 2
+    # Where and how to run; these do not change the results, so a rerun may change them.
+    device: str = "auto"
+    threads: int = -1
+    progress: bool = True
+    cache_dir: str = ""  # token cache of new runs ("": ~/.cache/miras/tokens)
+
+    def __post_init__(self) -> None:
+        for name in ("val_data", "niah_lengths", "niah_depths", "niah_variants"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError("device", f"{self.device!r} is not one of auto, cpu, cuda")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device", "cuda was asked for but torch sees no CUDA device")
+        if self.size not in SIZES:
+            raise ConfigError("size", f"{self.size!r} is not one of {', '.join(SIZES)}")
+        for name in ("steps", "batch_size", "eval_tokens", "mqar_seq_len", "mqar_kv_pairs", "mqar_batch_size",
+                     "mqar_vocab_size"):
+            _integer(name, getattr(self, name), low=1)
+        _integer("vocab_size", self.vocab_size, low=257)  # the byte-level BPE's 256 bytes and EOS
+        for name in ("mqar_steps", "niah_samples", "seed"):
+            _integer(name, getattr(self, name), low=0)
+        _integer("seq_len", self.seq_len, low=1, unset=-1)
+        _integer("threads", self.threads, low=1, unset=-1)
+        for name in ("lr", "mqar_lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ConfigError(name, f"must be a finite number > 0, got {value!r}")
+        if not self.val_data:
+            raise ConfigError("val_data", "give at least one validation set")
+        for length in self.niah_lengths:
+            _integer("niah_lengths", length, low=1)
+        for depth in self.niah_depths:
+            if not 0.0 <= depth <= 1.0:
+                raise ConfigError("niah_depths", f"depths must be in [0, 1], got {depth}")
+        unknown = [v for v in self.niah_variants if v not in NIAH_VARIANTS]
+        if unknown or not self.niah_variants:
+            raise ConfigError("niah_variants", f"choose one or more of {', '.join(NIAH_VARIANTS)}, got {unknown}")
+        if self.niah_samples and not self.niah_depths:
+            raise ConfigError("niah_depths", "give at least one depth (or --niah-samples 0 to skip NIAH)")
+        if self.mqar_steps and 4 * self.mqar_kv_pairs > self.mqar_seq_len:
+            raise ConfigError("mqar_kv_pairs", f"{self.mqar_kv_pairs} pairs need --mqar-seq-len >= "
+                                               f"{4 * self.mqar_kv_pairs} (a key-value pair and a query slot each)")
+        if self.mqar_steps and self.mqar_vocab_size < 2 * self.mqar_kv_pairs + 2:
+            raise ConfigError("mqar_vocab_size", f"needs >= {2 * self.mqar_kv_pairs + 2} for "
+                                                 f"{self.mqar_kv_pairs} distinct keys and values")
+
+    @property
+    def lm_seq_len(self) -> int:
+        return self.seq_len if self.seq_len != -1 else SIZES[self.size].get(
+            "max_position_embeddings", ModelConfig.max_position_embeddings)
+
+    @property
+    def warmup_steps(self) -> int:
+        # The trainer's 50-step warm-up, but at most a fifth of the run, so that short runs reach their peak lr.
+        return min(50, self.steps // 5)
+
+    @property
+    def train_tokens(self) -> int:
+        return self.steps * self.batch_size * self.lm_seq_len
+
+    def budget(self) -> dict:
+        """The fields that change results: a folder's earlier rows are reused only under the same budget."""
+        data = dataclasses.asdict(self)
+        for name in ("device", "threads", "progress", "cache_dir"):
+            del data[name]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+
+def model_configs(candidates: Sequence[Candidate], config: CompareConfig, vocab_size: int) -> dict[str, ModelConfig]:
+    """The ModelConfig of every candidate at `config.size`, with SwiGLU widths matched when config.match_params.
+
+    Matching: the width is the size's for every candidate; a block's SwiGLU has 3 * width * intermediate_size
+    parameters, so each candidate's intermediate_size is moved by round(deficit / (3 * width * layers)) towards the
+    largest candidate's non-embedding count (the mixers differ; the SwiGLU absorbs the difference, to within
+    3 * width * layers parameters). Nobody shrinks, so no model is starved of its default MLP.
+    """
+    base = {c.name: _model_config(c, config, vocab_size) for c in candidates}
+    if not config.match_params:
+        return base
+    counts = {name: _count(cfg) for name, cfg in base.items()}
+    target = max(counts.values())
+    matched = {}
+    for name, cfg in base.items():
+        per_unit = 3 * cfg.hidden_size * cfg.num_hidden_layers
+        matched[name] = dataclasses.replace(
+            cfg, intermediate_size=cfg.intermediate_size + round((target - counts[name]) / per_unit))
+    return matched
+
+
+def compare(
+    candidates: Sequence[Candidate],
+    config: CompareConfig,
+    out_dir: str | Path,
+    *,
+    title: str = "Comparison",
+    notes: str = "",
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Run every candidate under `config` (see the module docstring); returns the rows in candidate order. title and
+    notes (a paragraph under the budget) head results.md."""
+    if not candidates:
+        raise ConfigError("models", "give at least one model")
+    names = [c.name for c in candidates]
+    if len(set(names)) != len(names):
+        raise ConfigError("models", f"names must be unique, got {names}")
+    for c in candidates:
+        if not c.name or not all(ch.isalnum() or ch in "._-" for ch in c.name):
+            raise ConfigError("models", f"{c.name!r} is not a valid name (letters, digits, '.', '_', '-')")
+        if c.preset not in MODELS:
+            raise ConfigError("models", f"unknown model {c.preset!r}; choose from {', '.join(MODELS)}")
+    out_dir = Path(out_dir)
+    # Flags the trainer checks (data paths, device, ...) fail here, once, rather than in every candidate's row.
+    _train_config(config, candidates[0].preset, config.vocab_size, out_dir / RUNS_DIR / candidates[0].name)
+    saved = _load_results(out_dir, config)
+    rows: dict[str, dict] = dict(saved)  # earlier rows of other candidates stay in the file
+    # The budget goes to disk before anything is built from it (the shared tokenizer first), so a folder's contents
+    # always belong to the budget its results.json names.
+    _write_results(out_dir, config, candidates, rows, title, notes)
+    tokenizer = _tokenizer(out_dir, config)
+    configs = model_configs(candidates, config, tokenizer.vocab_size)  # ValueErrors of a bad candidate surface here
+    for c in candidates:
+        run_dir = out_dir / RUNS_DIR / c.name
+        if (run_dir / CONFIG_FILE).is_file() and read_config(run_dir)["model"] != configs[c.name].to_dict():
+            raise ConfigError("out", f"{run_dir} holds a different model than {c.title} is now (the matched SwiGLU "
+                                     f"width depends on the whole set of models); use a new --out folder")
+    for i, c in enumerate(candidates, 1):
+        previous = saved.get(c.name)
+        if previous is not None and not previous["errors"]:
+            log(f"[{i}/{len(candidates)}] {c.title}: already finished, skipped")
+            continue
+        log(f"[{i}/{len(candidates)}] {c.title}")
+        rows[c.name] = _run_candidate(c, configs[c.name], config, out_dir, tokenizer, log)
+        _write_results(out_dir, config, candidates, rows, title, notes)
+    _write_results(out_dir, config, candidates, rows, title, notes)
+    return [rows[c.name] for c in candidates]
+
+
+def candidates_for(models: Sequence[str]) -> list[Candidate]:
+    """One plain candidate per preset name (the rows of `miras compare`)."""
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise ConfigError("models", f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+    return [Candidate(name=m, preset=m) for m in models]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One candidate
+
+
+def _run_candidate(c: Candidate, model_config: ModelConfig, config: CompareConfig, out_dir: Path,
+                   tokenizer: Tokenizer, log: Callable[[str], None]) -> dict:
+    """Train, then score; every stage's failure is recorded in row["errors"] and the later stages still run where
+    they can (MQAR does not need the LM; NIAH does)."""
+    row: dict = {"name": c.name, "label": c.title, "preset": c.preset, "value": c.value,
+                 "model": model_config.to_dict(), "errors": {}}
+    run_dir = out_dir / RUNS_DIR / c.name
+    device = _device(config.device)
+    try:
+        row["lm"] = _train_lm(run_dir, model_config, config, tokenizer)
+        log("  LM: " + ", ".join(f"{s} ppl {e['ppl']:.2f}" for s, e in row["lm"]["ppl"].items())
+            + f"; {row['lm']['tok_s']:,.0f} tokens/s")
+    except Exception as e:  # noqa: BLE001 - any failure of one model is reported in its row, not fatal to the rest
+        row["errors"]["lm"] = _describe(e)
+        log(f"  LM FAILED: {row['errors']['lm']}")
+    if config.mqar_steps:
+        try:
+            row["mqar"] = _mqar(model_config, config, device)
+            log(f"  MQAR accuracy {row['mqar']['accuracy']:.3f} ({row['mqar']['seconds']:.0f} s)")
+        except Exception as e:  # noqa: BLE001 - as above
+            row["errors"]["mqar"] = _describe(e)
+            log(f"  MQAR FAILED: {row['errors']['mqar']}")
+    if config.niah_samples and "lm" in row:
+        try:
+            row["niah"] = _niah(run_dir, config, device)
+            log(f"  NIAH accuracy {row['niah']['accuracy']:.3f}")
+        except Exception as e:  # noqa: BLE001 - as above
+            row["errors"]["niah"] = _describe(e)
+            log(f"  NIAH FAILED: {row['errors']['niah']}")
+    return row
+
+
+def _train_lm(run_dir: Path, model_config: ModelConfig, config: CompareConfig, tokenizer: Tokenizer) -> dict:
+    """Train (or finish training) the candidate's LM in run_dir; returns its LM summary."""
+    if not (run_dir / CONFIG_FILE).is_file():
+        _start_run(run_dir, model_config, config, tokenizer)
+    # A resumed run keeps its saved settings except these (the trainer's RESUMABLE fields), cache_dir included.
+    result = train(TrainConfig(resume=str(run_dir), device=config.device, threads=config.threads,
+                               progress=config.progress))
+    records = MetricsLog(run_dir).read()
+    return {
+        "run_dir": str(run_dir),
+        "params": _count(model_config, embeddings=True),
+        "non_embedding_params": _count(model_config),
+        "hidden_size": model_config.hidden_size,
+        "intermediate_size": model_config.intermediate_size,
+        "steps": result.step,
+        "tokens": result.tokens,
+        "ppl": {spec: {"ppl": e["ppl"], "loss": e["loss"], "tokens": e["tokens"]} for spec, e in result.evals.items()},
+        "tok_s": _tokens_per_second(records),
+        "train_loss": [[r["step"], r["loss"]] for r in records if r["event"] == "train"],
+    }
+
+
+def _start_run(run_dir: Path, model_config: ModelConfig, config: CompareConfig, tokenizer: Tokenizer) -> None:
+    """Create run_dir as a run folder at step 0 of `model_config`, for `train` to continue as a resumed run.
+
+    Why not a fresh `train(TrainConfig(preset=...))`: TrainConfig names a preset at a size with a few dimensions, but a
+    candidate may change its MemorySpec (ablations) or SwiGLU width (parameter matching), which only a ModelConfig
+    holds. A resumed run takes its model from the folder's config.json, so writing the folder ourselves (config, the
+    shared tokenizer, a step-0 checkpoint with the same seed, initialization, optimizer and schedule a fresh run
+    would build) lets `train` run any ModelConfig unchanged. The folder is assembled under a temporary name and
+    renamed into place, so run_dir always either is complete or does not exist.
+    """
+    train_config = _train_config(config, model_config.preset, tokenizer.vocab_size, run_dir)
+    tmp = run_dir.with_name(f".{run_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a process killed while assembling it
+    tmp.mkdir(parents=True)
+    tokenizer.save(tmp / TOKENIZER_DIR)
+    write_config(tmp, train_config.to_dict(), model_config.to_dict())
+    torch.manual_seed(config.seed)  # what train() does right before building the model of a fresh run
+    model = MirasLM(model_config)
+    optimizer = torch.optim.AdamW(param_groups(model, train_config.weight_decay), lr=train_config.lr,
+                                  betas=train_config.betas)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, WarmupCosine(train_config.warmup_steps, train_config.max_steps, train_config.min_lr_ratio))
+    save_checkpoint(tmp, model, optimizer, scheduler, {"step": 0, "tokens": 0, "elapsed_s": 0.0})
+    tmp.rename(run_dir)
+
+
+def _train_config(config: CompareConfig, preset: str, vocab_size: int, run_dir: Path) -> TrainConfig:
+    """The TrainConfig of a candidate's run (it validates data, val_data, device and the optimizer settings)."""
+    return TrainConfig(
+        preset=preset, size=config.size, data=config.data, val_data=config.val_data, vocab_size=vocab_size,
+        seq_len=config.lm_seq_len, batch_size=config.batch_size, lr=config.lr, warmup_steps=config.warmup_steps,
+        max_steps=config.steps, max_minutes=-1, eval_every=-1, final_eval_tokens=config.eval_tokens, sample_tokens=0,
+        seed=config.seed, out_dir=str(run_dir), device=config.device, threads=config.threads,
+        progress=config.progress, cache_dir=config.cache_dir,
+    )
+
+
+def _mqar(model_config: ModelConfig, config: CompareConfig, device: torch.device) -> dict:
+    from miras.eval.mqar import train_mqar
+
+    mqar_config = dataclasses.replace(model_config, vocab_size=config.mqar_vocab_size,
+                                      max_position_embeddings=config.mqar_seq_len)
+    result = train_mqar(mqar_config, seq_len=config.mqar_seq_len, num_kv_pairs=config.mqar_kv_pairs,
+                        steps=config.mqar_steps, batch_size=config.mqar_batch_size, lr=config.mqar_lr,
+                        seed=config.seed, device=device)
+    return result.to_dict()
+
+
+def _niah(run_dir: Path, config: CompareConfig, device: torch.device) -> dict:
+    from miras.eval.niah import evaluate_niah
+    from miras.train.checkpoint import load_trained
+
+    model, tokenizer = load_trained(run_dir, device)
+    result = evaluate_niah(model, tokenizer, lengths=config.niah_lengths or (config.lm_seq_len,),
+                           depths=config.niah_depths, variants=config.niah_variants,
+                           samples_per_cell=config.niah_samples, seed=config.seed, device=device)
+    return {"accuracy": result.accuracy, "by_variant": result.by_variant, "samples": len(result.samples)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Output
+
+
+def results_table(rows: Sequence[dict], config: CompareConfig) -> str:
+    """The paper-style table: one row per model; perplexity per validation set, MQAR and NIAH accuracy (%),
+    parameters (total and without the embedding), training tokens/s. "failed" marks a stage that failed."""
+    head = ["Model", *(f"{s} ppl ↓" for s in config.val_data)]
+    if config.mqar_steps:
+        head.append("MQAR acc ↑")
+    if config.niah_samples:
+        head.append("NIAH acc ↑")
+    head += ["params", "non-emb params", "MLP width", "tok/s ↑"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for row in rows:
+        lm = row.get("lm")
+        failed = {stage: "failed" for stage in row["errors"]}
+        cells = [row["label"]]
+        cells += [f"{lm['ppl'][s]['ppl']:.2f}" if lm and s in lm["ppl"] else failed.get("lm", "")
+                  for s in config.val_data]
+        if config.mqar_steps:
+            cells.append(f"{100 * row['mqar']['accuracy']:.1f}" if "mqar" in row else failed.get("mqar", ""))
+        if config.niah_samples:
+            cells.append(f"{100 * row['niah']['accuracy']:.1f}" if "niah" in row
+                         else failed.get("niah", failed.get("lm", "")))
+        if lm:
+            cells += [f"{lm['params'] / 1e6:.3f}M", f"{lm['non_embedding_params'] / 1e6:.3f}M",
+                      str(lm["intermediate_size"]), f"{lm['tok_s']:,.0f}"]
+        else:
+            model = row["model"]
+            cells += [f"{_count(ModelConfig.from_dict(model), embeddings=True) / 1e6:.3f}M",
+                      f"{_count(ModelConfig.from_dict(model)) / 1e6:.3f}M", str(model["intermediate_size"]),
+                      failed.get("lm", "")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def budget_text(config: CompareConfig) -> str:
+    """The budget in words, for the head of a results file."""
+    width = SIZES[config.size]["hidden_size"]
+    text = [
+        f"Language models: size {config.size} (width {width}), {config.steps} steps x {config.batch_size} x "
+        f"{config.lm_seq_len} tokens = {config.train_tokens:,} training tokens each on `{config.data}`, AdamW lr "
+        f"{config.lr:g}, seed {config.seed}; "
+        + ("SwiGLU widths matched to equal parameter counts" if config.match_params else "default SwiGLU widths")
+        + f". Perplexity on {config.eval_tokens:,} tokens of each validation set.",
+    ]
+    if config.mqar_steps:
+        text.append(f"MQAR: the LM's architecture trained from scratch for {config.mqar_steps} steps x "
+                    f"{config.mqar_batch_size} examples (seq len {config.mqar_seq_len}, {config.mqar_kv_pairs} kv "
+                    f"pairs, vocab {config.mqar_vocab_size}, lr {config.mqar_lr:g}); accuracy at the query positions.")
+    if config.niah_samples:
+        lengths = ", ".join(map(str, config.niah_lengths or (config.lm_seq_len,)))
+        text.append(f"NIAH: greedy decoding of the trained LM; {', '.join(config.niah_variants)} at length(s) "
+                    f"{lengths}, depths {', '.join(f'{d:g}' for d in config.niah_depths)}, {config.niah_samples} "
+                    f"sample(s) per cell.")
+    return "\n".join(f"- {line}" for line in text) + "\n"
+
+
+def _write_results(out_dir: Path, config: CompareConfig, candidates: Sequence[Candidate], rows: dict[str, dict],
+                   title: str, notes: str) -> None:
+    """results.json, results.md and loss.png, each replaced atomically; the table and plot show `candidates`."""
+    from miras.eval.plots import plot_loss_curves  # loads matplotlib
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / RESULTS_FILE,
+                      json.dumps({"budget": config.budget(), "rows": rows}, indent=1) + "\n")
+    shown = [rows[c.name] for c in candidates if c.name in rows]
+    text = [f"# {title}", "", budget_text(config), *([notes, ""] if notes else []), results_table(shown, config)]
+    failures = [(row["label"], stage, error) for row in shown for stage, error in row["errors"].items()]
+    if failures:
+        text += ["## Failures", ""] + [f"- {label}, {stage}: {error}" for label, stage, error in failures] + [""]
+    write_text_atomic(out_dir / TABLE_FILE, "\n".join(text))
+    curves = {row["label"]: row["lm"]["train_loss"] for row in shown if row.get("lm", {}).get("train_loss")}
+    if curves:
+        plot_loss_curves(curves, out_dir / LOSS_PLOT, title=f"{title}: training loss")
+
+
+def _load_results(out_dir: Path, config: CompareConfig) -> dict[str, dict]:
+    path = out_dir / RESULTS_FILE
+    if not path.is_file():
+        return {}
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    if saved["budget"] != config.budget():
+        changed = sorted(k for k in config.budget() if saved["budget"].get(k) != config.budget()[k])
+        raise ConfigError("out", f"{out_dir} holds results of another budget (differs in {', '.join(changed)}); "
+                                 f"use a new --out folder, or the same flags to continue it")
+    return saved["rows"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _model_config(c: Candidate, config: CompareConfig, vocab_size: int) -> ModelConfig:
+    try:
+        return ModelConfig.from_size(config.size, preset=c.preset, spec=c.spec, vocab_size=vocab_size, **c.overrides)
+    except ValueError as e:
+        raise ConfigError("models", f"{c.title}: {e}") from None
+
+
+def _count(model_config: ModelConfig, embeddings: bool = False) -> int:
+    """Parameters of MirasLM(model_config), counted on the meta device (no memory, no initialization cost)."""
+    with torch.device("meta"):
+        model = MirasLM(model_config)
+    return model.num_parameters(exclude_embeddings=not embeddings)
+
+
+def _tokenizer(out_dir: Path, config: CompareConfig) -> Tokenizer:
+    """One tokenizer for every candidate, so their perplexities count the same tokens: trained once (the BPE
+    `miras train` would train: on the corpus's training split, or on the whole --data spec) and kept in out_dir."""
+    path = out_dir / TOKENIZER_DIR
+    if (path / "tokenizer_meta.json").is_file():
+        return Tokenizer.load(path)
+    docs = load_corpus(config.data, "train") if config.data in CORPORA else iter_documents(config.data)
+    tokenizer = Tokenizer.train(docs, vocab_size=config.vocab_size)
+    tokenizer.save(path)
+    return tokenizer
+
+
+def _tokens_per_second(records: Sequence[dict]) -> float:
+    """Training throughput over the whole run from its metrics log: every "train" record covers the tokens since the
+    previous one at its own tokens/s (so a resumed run counts every session, and never its evaluations)."""
+    tokens = seconds = 0.0
+    previous = 0
+    for r in records:
+        if r["event"] == "train" and r.get("tok_s"):
+            tokens += r["tokens"] - previous
+            seconds += (r["tokens"] - previous) / r["tok_s"]
+            previous = r["tokens"]
+    return tokens / seconds if seconds else 0.0
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _describe(error: BaseException) -> str:
+    """One line: the exception and where in this library it was raised."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if "/miras/" in f.filename]
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}{where}"
+
+
+def _integer(name: str, value: object, *, low: int, unset: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or (value < low and value != unset):
+        allowed = f">= {low}" + (f" (or {unset})" if unset is not None else "")
+        raise ConfigError(name, f"must be an integer {allowed}, got {value!r}")
+
+
+__all__ = ["DEFAULT_MODELS", "Candidate", "CompareConfig", "candidates_for", "compare", "model_configs",
+           "results_table"]
+

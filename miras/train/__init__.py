@@ -1,0 +1,22 @@
+"""Training: `TrainConfig` (every knob of a run), `train(config)` (runs or resumes one) and the checkpoint format.
+
+`python -m miras.train [flags]` is the same as `miras train [flags]`.
+"""
+
+from miras.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from miras.train.config import ConfigError, TrainConfig, resume_config
+from miras.train.loop import TrainResult, evaluate, train, train_step
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "TrainConfig",
+    "TrainResult",
+    "evaluate",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "resume_config",
+    "save_checkpoint",
+    "train",
+    "train_step",
+]

@@ -1,0 +1,209 @@
+"""Checkpoints in safe formats only: nothing is unpickled when loading, so a checkpoint from anywhere cannot run code.
+
+A run folder holds at most one complete checkpoint, named by its step, and a `latest` pointer:
+
+    latest                          "checkpoint-0000200": the complete checkpoint to resume from
+    checkpoint-0000200/
+        model.safetensors           model weights only (what `miras generate` and evaluation need)
+        train_state.safetensors     optimizer moments and RNG states
+        train_state.json            step, counters, optimizer hyper-parameters, scheduler state
+
+Writes are atomic at every level: files go to `checkpoint-tmp/`, which is renamed to its final name, and only then is
+`latest` replaced (write to a temp file, os.replace). A run killed at any moment leaves `latest` naming a complete
+checkpoint (or no `latest` at all, before the first save).
+
+A distributed run saves the same files, with full (unsharded) tensors gathered to rank 0, so any number of processes
+can resume it; see distributed.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, load_model, save_file
+from torch import nn
+
+from miras.config import ModelConfig
+from miras.data import Tokenizer
+from miras.models import MirasLM
+from miras.train.distributed import (
+    full_model_state,
+    full_optimizer_state,
+    is_sharded,
+    load_full_state,
+    tied_aliases,
+)
+from miras.train.run_dir import TOKENIZER_DIR, read_config, write_text_atomic
+
+LATEST = "latest"
+TMP_DIR = "checkpoint-tmp"
+MODEL_FILE = "model.safetensors"
+STATE_TENSORS = "train_state.safetensors"
+STATE_JSON = "train_state.json"
+
+
+class CheckpointError(ValueError):
+    """A run folder without a usable checkpoint; the message names the folder."""
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint-{step:07d}"
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    counters: dict,
+) -> Path:
+    """Write a checkpoint for `counters["step"]`, point `latest` at it, delete the previous one; returns its path.
+
+    counters: JSON-safe training progress (step, tokens, elapsed seconds, ...), given back by `load_checkpoint`.
+    model: the unwrapped module (not a DDP wrapper). In a distributed run every rank must call this: a sharded model's
+    state is gathered from all ranks, rank 0 writes, and the others wait until the checkpoint is complete.
+    """
+    run_dir = Path(run_dir)
+    name = checkpoint_name(counters["step"])
+    final = run_dir / name
+    model_state, optimizer_state = full_model_state(model), full_optimizer_state(model, optimizer)
+    if model_state is not None:
+        _write_checkpoint(run_dir, final, model, model_state, optimizer_state, scheduler, counters)
+    if dist.is_initialized():
+        dist.barrier()  # nobody reads or resumes a checkpoint that is still being written
+    return final
+
+
+def _write_checkpoint(run_dir: Path, final: Path, model: nn.Module, model_state: dict, optimizer_state: dict,
+                      scheduler: torch.optim.lr_scheduler.LRScheduler, counters: dict) -> None:
+    tmp = run_dir / TMP_DIR
+    shutil.rmtree(tmp, ignore_errors=True)  # left over from a run killed while saving
+    tmp.mkdir(parents=True)
+    # safetensors refuses tensors that share storage, so a tied lm_head is stored once, under the embedding's name,
+    # and named in the metadata (as safetensors' save_model does); load_model accepts either name.
+    aliases = tied_aliases(model)
+    tensors = {k: v.contiguous() for k, v in model_state.items() if k not in aliases}
+    save_file(tensors, str(tmp / MODEL_FILE), metadata=aliases or None)
+    opt_tensors, opt_meta = _split_optimizer(optimizer_state)
+    save_file({**opt_tensors, **_rng_states()}, str(tmp / STATE_TENSORS))
+    state = {"counters": counters, "optimizer": opt_meta, "scheduler": scheduler.state_dict()}
+    (tmp / STATE_JSON).write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+
+    name = final.name
+    shutil.rmtree(final, ignore_errors=True)  # a save of this step that died before `latest` named it
+    os.replace(tmp, final)
+    write_text_atomic(run_dir / LATEST, name + "\n")
+    for old in run_dir.glob("checkpoint-*"):
+        if old.is_dir() and old.name not in (name, TMP_DIR):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path:
+    """The checkpoint folder `latest` names; CheckpointError if there is none."""
+    run_dir = Path(run_dir)
+    pointer = run_dir / LATEST
+    if not pointer.is_file():
+        raise CheckpointError(f"{run_dir}: no checkpoint to resume from (no '{LATEST}' file); the run stopped before "
+                              "its first save")
+    path = run_dir / pointer.read_text(encoding="utf-8").strip()
+    if not (path / MODEL_FILE).is_file():
+        raise CheckpointError(f"{run_dir}: '{LATEST}' names {path.name}, which has no {MODEL_FILE}")
+    return path
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path]:
+    """A run folder (its latest checkpoint) or a checkpoint folder inside one -> (run folder, checkpoint folder)."""
+    path = Path(path)
+    if (path / MODEL_FILE).is_file():
+        return path.parent, path
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such run or checkpoint folder")
+    return path, latest_checkpoint(path)
+
+
+def load_model_weights(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Load a checkpoint's weights (a run folder's latest, or a checkpoint folder's) into `model`, strictly.
+    Returns the checkpoint folder."""
+    _, path = resolve_checkpoint(path)
+    device = next(model.parameters()).device
+    try:
+        load_model(model, str(path / MODEL_FILE), strict=True, device=str(device))
+    except RuntimeError as e:  # names the missing / unexpected / mis-shaped tensors
+        raise CheckpointError(f"{path / MODEL_FILE} does not fit this model: {e}") from None
+    return path
+
+
+def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MirasLM, Tokenizer]:
+    """A trained model (eval mode) and its tokenizer from a run folder or one of its checkpoint folders."""
+    run_dir, checkpoint = resolve_checkpoint(path)
+    model = MirasLM(ModelConfig.from_dict(read_config(run_dir)["model"])).to(device)
+    load_model_weights(model, checkpoint)
+    return model.eval(), Tokenizer.load(run_dir / TOKENIZER_DIR)
+
+
+def load_checkpoint(
+    run_dir: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> dict:
+    """Restore model, optimizer, scheduler and RNG states from a run's latest checkpoint; returns its counters.
+
+    model: the unwrapped module. In a distributed run every rank calls this and reads the files: replicas load them
+    whole, a sharded (FSDP) model keeps its shard of each tensor. The RNG states are rank 0's.
+    """
+    path = latest_checkpoint(run_dir)
+    state = json.loads((path / STATE_JSON).read_text(encoding="utf-8"))
+    tensors = load_file(str(path / STATE_TENSORS))
+    optimizer_state = _join_optimizer(tensors, state["optimizer"])
+    if is_sharded(model):
+        try:
+            load_full_state(model, optimizer, load_file(str(path / MODEL_FILE)), optimizer_state)
+        except RuntimeError as e:  # names the missing / unexpected / mis-shaped tensors
+            raise CheckpointError(f"{path / MODEL_FILE} does not fit this model: {e}") from None
+    else:
+        load_model_weights(model, path)
+        optimizer.load_state_dict(optimizer_state)
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(tensors["rng.cpu"])
+    cuda = sorted(k for k in tensors if k.startswith("rng.cuda."))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
+    return state["counters"]
+
+
+def _split_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer state_dict -> (its tensors by flat name, everything else as JSON-safe data)."""
+    tensors, rest = {}, {}
+    for index, entry in state_dict["state"].items():
+        rest[str(index)] = {}
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value.detach().contiguous()
+            else:
+                rest[str(index)][key] = value
+    return tensors, {"state": rest, "param_groups": state_dict["param_groups"]}
+
+
+def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state = {int(index): dict(values) for index, values in meta["state"].items()}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            state[int(index)][key] = value
+    # JSON turned tuples (betas) into lists; optimizers expect what they were built with.
+    groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
+              for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def _rng_states() -> dict[str, torch.Tensor]:
+    states = {"rng.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return states

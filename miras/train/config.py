@@ -1,0 +1,223 @@
+"""`TrainConfig`: every knob of a training run as one flat dataclass. The `miras train` flags mirror its fields 1:1
+(`--hidden-size` is `hidden_size`); `-1` means "not set / disabled" for integer fields.
+
+Validation happens at construction and raises `ConfigError` (a `ValueError`) whose message starts with the field
+name, so the CLI can point at the flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from miras.config import SIZES, TRANSFORMER
+from miras.data import CORPORA, DataError, resolve_files
+from miras.presets import PRESETS
+from miras.train.run_dir import read_config
+
+TOKENIZERS = ("bpe", "gpt2")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16")
+PARALLEL = ("ddp", "fsdp")  # how several processes (torchrun) split the work; see distributed.py
+# ModelConfig fields the trainer can override on top of a named size (-1: keep the size's value).
+MODEL_OVERRIDES = ("hidden_size", "num_hidden_layers", "num_heads", "chunk_size")
+# Fields a resumed run may change: they stop, place or report the run but do not change what it computes.
+RESUMABLE = ("max_steps", "max_minutes", "device", "threads", "compile", "tensorboard", "progress", "parallel")
+
+
+class ConfigError(ValueError):
+    """A bad TrainConfig value; `field` names it (message: "<field>: <problem>")."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+@dataclass
+class TrainConfig:
+    """A training run. Defaults train a tiny Moneta on the embedded State of the Union corpus in about 8 minutes
+    on 2 CPU cores."""
+
+    # Model: a preset (memory design) at a named size, with a few dimensions overridable.
+    preset: str = "moneta"
+    size: str = "tiny"
+    hidden_size: int = -1
+    num_hidden_layers: int = -1
+    num_heads: int = -1
+    chunk_size: int = -1
+
+    # Data. data: "sotu" or a file / folder / glob of .txt / .jsonl. val_data: evaluation sets, the first one
+    # primary (periodic evals, the unigram comparison): a corpus name means its validation split, the --data spec
+    # itself its held-out last 5%, any other path all of it. Empty: [data, "wiki"].
+    data: str = "sotu"
+    val_data: tuple[str, ...] = ()
+    tokenizer: str = "bpe"
+    vocab_size: int = 8192  # of the BPE trained on the training split (ignored for gpt2)
+    cache_dir: str = ""  # token cache; "" = ~/.cache/miras/tokens
+
+    # Optimization. One step = grad_accum micro-batches of batch_size x seq_len tokens (-1 seq_len: the size's
+    # max_position_embeddings). The step budget is max_steps, or what fits in max_minutes of training (measured),
+    # whichever is smaller. batch_size is global: with N processes (torchrun) each trains on batch_size / N of the
+    # sequences, so a run computes the same steps on any number of processes.
+    seq_len: int = -1
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at the last step
+    warmup_steps: int = 50
+    max_steps: int = -1
+    max_minutes: float = 8.0  # -1: no time budget
+    weight_decay: float = 0.1  # matrices only: none on norms, gates, biases and the learned initial memory
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0  # -1: no clipping
+
+    # Logging, evaluation and checkpoints (-1 disables eval_every / save_every; a final eval and save always run).
+    log_every: int = 10
+    eval_every: int = 100
+    eval_batches: int = 4  # batches per periodic eval, from windows spread evenly over the primary validation set
+    final_eval_tokens: int = 65536  # per validation set at the end; -1: the whole set
+    save_every: int = 200
+    sample_tokens: int = 80  # generated at the end of training, from the start of a document
+    seed: int = 0
+
+    # Run placement.
+    out_dir: str = ""  # "" = runs/<timestamp>-<preset>
+    resume: str = ""  # a run folder to continue from its latest checkpoint
+    device: str = "auto"
+    dtype: str = "auto"  # float32 on CPU (bf16 matmuls are ~150x slower there); bf16 autocast on CUDA
+    threads: int = -1  # CPU threads; -1 = the cores this process may use (shared evenly by a node's processes)
+    compile: bool = False
+    tensorboard: bool = False
+    progress: bool = True
+    parallel: str = "ddp"  # with several processes: "ddp" (replicas) or "fsdp" (FSDP2, sharded); see distributed.py
+
+    def __post_init__(self) -> None:
+        self.val_data = tuple(self.val_data)
+        self.betas = tuple(self.betas)
+        _choice("preset", self.preset, (*PRESETS, TRANSFORMER))
+        _choice("size", self.size, tuple(SIZES))
+        _choice("tokenizer", self.tokenizer, TOKENIZERS)
+        _choice("device", self.device, DEVICES)
+        _choice("dtype", self.dtype, DTYPES)
+        _choice("parallel", self.parallel, PARALLEL)
+        for name in MODEL_OVERRIDES + ("seq_len", "max_steps", "eval_every", "save_every", "threads",
+                                       "final_eval_tokens"):
+            _integer(name, getattr(self, name), low=1, allow_unset=True)
+        for name in ("batch_size", "grad_accum", "log_every", "eval_batches"):
+            _integer(name, getattr(self, name), low=1)
+        _integer("warmup_steps", self.warmup_steps, low=0)
+        _integer("sample_tokens", self.sample_tokens, low=0)
+        _integer("seed", self.seed, low=0)
+        _integer("vocab_size", self.vocab_size, low=257)
+        _number("lr", self.lr, low=0, low_open=True)
+        _number("min_lr_ratio", self.min_lr_ratio, low=0, high=1)
+        _number("weight_decay", self.weight_decay, low=0)
+        if self.grad_clip != -1:
+            _number("grad_clip", self.grad_clip, low=0, low_open=True)
+        if self.max_minutes != -1:
+            _number("max_minutes", self.max_minutes, low=0, low_open=True)
+        if len(self.betas) != 2:
+            raise ConfigError("betas", f"needs two numbers (beta1 beta2), got {list(self.betas)}")
+        for beta in self.betas:
+            _number("betas", beta, low=0, high=1, high_open=True)
+        if self.max_steps == -1 and self.max_minutes == -1:
+            raise ConfigError("max_steps", "set max_steps or max_minutes (both are -1: the run would never end)")
+        if self.dtype == "bfloat16" and self.device == "cpu":
+            raise ConfigError("dtype", "bfloat16 autocast is for CUDA; on CPU it is ~150x slower than float32")
+        for name in ("compile", "tensorboard", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, f"must be True or False, got {getattr(self, name)!r}")
+        # Fail on a missing data path now, not after the model is built. Unreadable contents (binary, bad UTF-8)
+        # are found while tokenizing; those errors name the file and the byte offset.
+        for name, specs in (("data", [self.data]), ("val_data", self.val_data)):
+            for spec in specs:
+                if spec not in CORPORA:
+                    try:
+                        resolve_files(spec)
+                    except DataError as e:
+                        raise ConfigError(name, str(e)) from None
+        if self.resume and not Path(self.resume).is_dir():
+            raise ConfigError("resume", f"{self.resume}: no such run folder")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.grad_accum * self.seq_len
+
+    def model_overrides(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in MODEL_OVERRIDES if getattr(self, name) != -1}
+
+    def replace(self, **changes: object) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["val_data"], data["betas"] = list(self.val_data), list(self.betas)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(unknown[0], f"TrainConfig has no field(s) {unknown}")
+        return cls(**data)
+
+
+def resume_config(run_dir: str | Path, **overrides: object) -> TrainConfig:
+    """The saved TrainConfig of `run_dir`, set to resume it, with `overrides` of RESUMABLE fields applied. Other
+    fields would change what the continued run computes, so changing them raises a ConfigError."""
+    try:
+        saved = TrainConfig.from_dict(read_config(run_dir)["train"])
+    except ValueError as e:
+        raise ConfigError("resume", str(e)) from None
+    saved_values = saved.to_dict()
+    for name, value in overrides.items():
+        if name == "out_dir" and Path(value) != Path(run_dir):
+            raise ConfigError("out_dir", f"a resumed run writes into its own folder {run_dir}, not {value}")
+        if name in ("resume", "out_dir"):
+            continue
+        if name not in saved_values:
+            raise ConfigError(name, "TrainConfig has no such field")
+        if name not in RESUMABLE and _normalized(value) != saved_values[name]:
+            raise ConfigError(
+                name,
+                f"cannot change a resumed run's {name} (saved {saved_values[name]!r}, given {value!r}); "
+                f"only {', '.join(RESUMABLE)} may change",
+            )
+    changes = {name: value for name, value in overrides.items() if name in RESUMABLE}
+    return saved.replace(resume=str(run_dir), out_dir=str(run_dir), **changes)
+
+
+def changed_fields(config: TrainConfig) -> dict:
+    """The fields of `config` that differ from the defaults (what a caller asked for)."""
+    defaults = TrainConfig().to_dict()
+    return {name: value for name, value in config.to_dict().items() if value != defaults[name]}
+
+
+def _normalized(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(name, f"{value!r} is not one of {', '.join(allowed)}")
+
+
+def _integer(name: str, value: object, *, low: int, allow_unset: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(name, f"must be an integer, got {value!r}")
+    if value < low and not (allow_unset and value == -1):
+        raise ConfigError(name, f"must be >= {low}{' (or -1: unset)' if allow_unset else ''}, got {value}")
+
+
+def _number(
+    name: str, value: object, *, low: float, high: float | None = None, low_open: bool = False, high_open: bool = False
+) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(name, f"must be a finite number, got {value!r}")
+    if value < low or (low_open and value == low):
+        raise ConfigError(name, f"must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ConfigError(name, f"must be {'<' if high_open else '<='} {high}, got {value}")

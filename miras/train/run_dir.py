@@ -1,0 +1,90 @@
+"""The run folder: where a run's config, metrics log, figure, tokenizer and checkpoints live.
+
+    config.json      {"train": TrainConfig, "model": ModelConfig}, resolved (e.g. the measured step budget)
+    metrics.jsonl    one JSON object per event: {"event": "train" | "eval" | "final", "step": ..., ...}
+    loss.png         train and validation loss against step
+    tokenizer/       the tokenizer (see miras.data.tokenizer)
+    latest, checkpoint-NNNNNNN/   see checkpoint.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "loss.png"
+TOKENIZER_DIR = "tokenizer"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Readers see the old file or the new one, never a partial write (temp file in the same folder + os.replace)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def new_run_dir(out_dir: str, preset: str) -> Path:
+    """Create the folder of a fresh run: `out_dir`, or runs/<timestamp>-<preset> when it is empty. A folder that
+    already holds a run is refused (continue it with --resume instead)."""
+    if out_dir:
+        path = Path(out_dir)
+        if (path / CONFIG_FILE).exists():
+            raise ValueError(f"out_dir: {path} already holds a run; continue it with --resume {path} or pick another")
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = Path("runs") / f"{stamp}-{preset}"
+        suffix = 1
+        while path.exists():  # two runs started in the same second
+            suffix += 1
+            path = Path("runs") / f"{stamp}-{preset}-{suffix}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_config(run_dir: Path, train: dict, model: dict) -> None:
+    write_text_atomic(run_dir / CONFIG_FILE, json.dumps({"train": train, "model": model}, indent=2) + "\n")
+
+
+def read_config(run_dir: str | os.PathLike) -> dict:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ValueError(f"{run_dir}: not a run folder (no {CONFIG_FILE})")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+class MetricsLog:
+    """Append-only metrics.jsonl; each line is flushed as written, so a killed run keeps its log."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / METRICS_FILE
+
+    def append(self, event: str, **values: object) -> dict:
+        record = {"event": event, **values}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        return record
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def truncate_after(self, step: int) -> list[dict]:
+        """Drop the events after `step` (a resumed run repeats them from its checkpoint) and the "final" summary (a
+        resumed run ends with its own); returns those kept. A line cut short by a kill mid-write is dropped too."""
+        kept = []
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if record.get("step", 0) <= step and record.get("event") != "final":
+                    kept.append(record)
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        return kept

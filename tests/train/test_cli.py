@@ -1,0 +1,119 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import dataclasses  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+from miras.cli import main  # noqa: E402
+from miras.cli.train import GROUPS  # noqa: E402
+from miras.train import TrainConfig  # noqa: E402
+from tests.train.test_train import grammar_text  # noqa: E402
+
+TINY_FLAGS = [
+    "--hidden-size", "32", "--num-heads", "2", "--num-hidden-layers", "1", "--chunk-size", "16", "--vocab-size",
+    "320", "--seq-len", "32", "--batch-size", "4", "--lr", "1e-2", "--warmup-steps", "2", "--max-minutes", "-1",
+    "--eval-every", "-1", "--final-eval-tokens", "256", "--sample-tokens", "4", "--threads", "1", "--no-progress",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The folder of a 4-step run trained through the CLI."""
+    root = tmp_path_factory.mktemp("cli")
+    data = root / "data.txt"
+    data.write_text(grammar_text(), encoding="utf-8")
+    run = root / "run"
+    args = ["train", "--data", str(data), "--val-data", str(data), "--max-steps", "4", "--out-dir", str(run),
+            "--cache-dir", str(root / "cache"), *TINY_FLAGS]
+    assert main(args) == 0
+    return run
+
+
+def test_train_help_lists_every_field(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    assert sorted(name for group in GROUPS.values() for name in group) == sorted(fields)
+    for name in fields:
+        assert "--" + name.replace("_", "-") in out
+
+
+def test_module_entry_point():
+    out = subprocess.run([sys.executable, "-m", "miras.train", "--help"], capture_output=True, text=True, check=True)
+    assert "--max-minutes" in out.stdout and "usage: miras train" in out.stdout
+
+
+def test_cli_train_writes_a_run(tiny_run):
+    run = tiny_run
+    assert (run / "latest").read_text().strip() == "checkpoint-0000004"
+    assert '"event": "final"' in (run / "metrics.jsonl").read_text()
+
+
+def test_generate_produces_text(tiny_run, capsys):
+    run = tiny_run
+    assert main(["generate", "--checkpoint", str(run), "--prompt", "The free", "--max-new-tokens", "12"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("The free") and len(out.strip()) > len("The free")
+    # Same seed, same text; a checkpoint folder works as well as its run folder.
+    checkpoint = run / "checkpoint-0000004"
+    assert main(["generate", "--checkpoint", str(checkpoint), "--prompt", "The free", "--max-new-tokens", "12"]) == 0
+    assert capsys.readouterr().out == out
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--preset", "monetta"], "--preset: 'monetta' is not one of moneta"),
+        (["--size", "huge"], "--size: 'huge' is not one of tiny"),
+        (["--lr", "-0.001"], "--lr: must be > 0, got -0.001"),
+        (["--data", "/no/such/file.txt"], "--data: /no/such/file.txt: no such file or folder"),
+        (["--tokenizer", "sentencepiece"], "--tokenizer: 'sentencepiece' is not one of bpe, gpt2"),
+    ],
+)
+def test_bad_flags_name_the_problem(flags, message, capsys):
+    assert main(["train", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("miras train: error: ") and message in err, err
+
+
+def test_non_utf8_data_names_the_file_and_offset(tmp_path, capsys):
+    data = tmp_path / "latin1.txt"
+    data.write_bytes("Plain start, then caf\u00e9".encode("latin-1"))
+    args = ["train", "--data", str(data), "--max-steps", "4", "--out-dir", str(tmp_path / "run"), "--cache-dir",
+            str(tmp_path / "c"), *TINY_FLAGS]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{data}: not valid UTF-8 at byte offset 21" in err
+    assert not (tmp_path / "run").exists()  # bad data leaves no half-made run folder
+
+
+def test_resume_without_checkpoint(tmp_path, tiny_run, capsys):
+    run = tiny_run
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["train", "--resume", str(empty)]) == 2
+    assert "not a run folder (no config.json)" in capsys.readouterr().err
+
+    started = tmp_path / "started"  # a run killed before its first save: config.json, no checkpoint
+    started.mkdir()
+    (started / "config.json").write_text((run / "config.json").read_text())
+    assert main(["train", "--resume", str(started)]) == 2
+    assert "no checkpoint to resume from" in capsys.readouterr().err
+
+
+def test_resume_rejects_other_flags(tiny_run, capsys):
+    run = tiny_run
+    assert main(["train", "--resume", str(run), "--lr", "0.5"]) == 2
+    assert "--lr: cannot change a resumed run's lr" in capsys.readouterr().err
+
+
+def test_generate_on_a_missing_run(tmp_path, capsys):
+    assert main(["generate", "--checkpoint", str(tmp_path / "nope")]) == 2
+    assert "no such run or checkpoint folder" in capsys.readouterr().err

@@ -1,0 +1,230 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import json  # noqa: E402
+import random  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from miras.config import ModelConfig  # noqa: E402
+from miras.data import TokenBatches  # noqa: E402
+from miras.models import MirasLM  # noqa: E402
+from miras.train import ConfigError, TrainConfig, load_checkpoint, resume_config, save_checkpoint, train  # noqa: E402
+from miras.train.checkpoint import MODEL_FILE, load_trained  # noqa: E402
+from miras.train.loop import WarmupCosine, eval_windows, param_groups, unigram_log_probs  # noqa: E402
+
+TINY = dict(hidden_size=32, num_heads=2, num_hidden_layers=1, chunk_size=16)
+
+
+def grammar_text(seed: int = 0, sentences: int = 600) -> str:
+    """~25 KB of sentences from a small grammar: structured enough that a few steps visibly lower the loss."""
+    rng = random.Random(seed)
+    nouns = ["nation", "congress", "people", "union", "treaty", "army", "law", "state", "citizen", "trade"]
+    verbs = ["protects", "needs", "serves", "builds", "defends", "honors", "supports", "reviews"]
+    adjs = ["great", "free", "strong", "new", "common", "public", "fair"]
+    out = []
+    for _ in range(sentences):
+        out.append(f"The {rng.choice(adjs)} {rng.choice(nouns)} {rng.choice(verbs)} the {rng.choice(nouns)}.")
+    return " ".join(out) + "\n"
+
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "data.txt"
+    path.write_text(grammar_text(), encoding="utf-8")
+    return path
+
+
+def tiny_config(tmp_path, data, **changes) -> TrainConfig:
+    fields = dict(
+        data=str(data), val_data=(str(data),), vocab_size=320, seq_len=32, batch_size=4, lr=1e-2, warmup_steps=2,
+        max_steps=8, max_minutes=-1, log_every=1, eval_every=-1, eval_batches=2, final_eval_tokens=512,
+        save_every=-1, sample_tokens=8, cache_dir=str(tmp_path / "cache"), out_dir=str(tmp_path / "run"),
+        threads=1, progress=False, **TINY,
+    )
+    return TrainConfig(**{**fields, **changes})
+
+
+def train_losses(run_dir) -> list[float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if r["event"] == "train"]
+
+
+def test_train_lowers_loss_and_writes_the_run_folder(tmp_path, data):
+    result = train(tiny_config(tmp_path, data, max_steps=30, eval_every=15))
+    run = result.run_dir
+    losses = train_losses(run)
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < losses[0] - 1.0, losses
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["event"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 15, 30]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.0
+    final = records[-1]
+    assert final["event"] == "final" and final["val_ppl"] == pytest.approx(result.val_ppl)
+    assert result.val_ppl < result.unigram_ppl
+    assert result.sample
+
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["train"]["hidden_size"] == 32 and saved["model"]["hidden_size"] == 32
+    assert saved["model"]["vocab_size"] == 320
+    for name in ("loss.png", "tokenizer/tokenizer.json", "tokenizer/tokenizer_meta.json", "latest"):
+        assert (run / name).is_file(), name
+    assert (run / (run / "latest").read_text().strip() / MODEL_FILE).is_file()
+    assert not (run / "checkpoint-tmp").exists()
+
+
+def test_resume_continues_exactly(tmp_path, data, monkeypatch):
+    full = train(tiny_config(tmp_path, data, out_dir=str(tmp_path / "full")))
+
+    # Simulate a run killed during step 7 (0-based 6), after its checkpoint at step 4.
+    original = TokenBatches.batch
+
+    def batch_or_die(self, step):
+        if step == 6:
+            raise KeyboardInterrupt("killed")
+        return original(self, step)
+
+    monkeypatch.setattr(TokenBatches, "batch", batch_or_die)
+    killed = tiny_config(tmp_path, data, out_dir=str(tmp_path / "killed"), save_every=4)
+    with pytest.raises(KeyboardInterrupt):
+        train(killed)
+    monkeypatch.undo()
+    assert (tmp_path / "killed" / "latest").read_text().strip() == "checkpoint-0000004"
+    assert len(train_losses(tmp_path / "killed")) == 6
+
+    resumed = train(TrainConfig(resume=str(tmp_path / "killed"), threads=1, progress=False))
+    assert train_losses(tmp_path / "killed") == train_losses(full.run_dir)  # bit-exact, step by step
+    assert resumed.evals == full.evals
+    weights = [load_file(str(r / (r / "latest").read_text().strip() / MODEL_FILE)) for r in (full.run_dir,
+                                                                                              resumed.run_dir)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_time_budget_fixes_the_step_count(tmp_path, data):
+    """max_minutes alone: the first steps' speed sets max_steps (saved for a resume) and the cosine ends there."""
+    result = train(tiny_config(tmp_path, data, max_steps=-1, max_minutes=0.1, eval_every=20))
+    saved = json.loads((result.run_dir / "config.json").read_text())["train"]
+    assert saved["max_steps"] > 8 and saved["max_minutes"] == 0.1
+    assert result.step <= saved["max_steps"]
+    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["elapsed_s"] < 0.1 * 60 + 1.0
+
+
+def test_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    config = ModelConfig.from_size("tiny", vocab_size=300, **TINY)
+    model = MirasLM(config)
+    optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.95))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(2, 10, 0.1))
+    input_ids = torch.randint(0, 300, (2, 40))
+    for _ in range(3):
+        model(input_ids, labels=input_ids).loss.backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"train": {}, "model": config.to_dict()}))
+    save_checkpoint(run, model, optimizer, scheduler, {"step": 3, "tokens": 240, "elapsed_s": 1.5})
+
+    torch.manual_seed(1)  # a differently initialized model
+    fresh = MirasLM(config)
+    fresh_optimizer = torch.optim.AdamW(param_groups(fresh, 0.1), lr=1e-3, betas=(0.9, 0.95))
+    fresh_scheduler = torch.optim.lr_scheduler.LambdaLR(fresh_optimizer, WarmupCosine(2, None, 0.1))
+    counters = load_checkpoint(run, fresh, fresh_optimizer, fresh_scheduler)
+    assert counters == {"step": 3, "tokens": 240, "elapsed_s": 1.5}
+    with torch.no_grad():
+        assert torch.equal(fresh(input_ids).logits, model(input_ids).logits)
+    assert fresh_scheduler.last_epoch == 3 and fresh_scheduler.lr_lambdas[0].total == 10
+    assert fresh_optimizer.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
+    assert fresh_optimizer.param_groups[0]["betas"] == (0.9, 0.95)
+    for p, q in zip(model.parameters(), fresh.parameters()):
+        a, b = optimizer.state[p], fresh_optimizer.state[q]
+        assert all(torch.equal(a[k], b[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+
+
+def test_checkpoint_folder_has_no_pickles(tmp_path, data):
+    """Only safetensors and JSON: loading a checkpoint can never run code."""
+    result = train(tiny_config(tmp_path, data, max_steps=2))
+    checkpoint = result.run_dir / (result.run_dir / "latest").read_text().strip()
+    assert sorted(p.name for p in checkpoint.iterdir()) == [
+        "model.safetensors", "train_state.json", "train_state.safetensors"
+    ]
+    model, tokenizer = load_trained(result.run_dir)
+    assert not model.training and tokenizer.vocab_size == 320
+
+
+def test_weight_decay_groups():
+    model = MirasLM(ModelConfig.from_size("tiny", vocab_size=300, **TINY))
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert any("memory_init" in n for n in no_decay_names)
+    assert any("gate" in n and n.endswith(("down.weight", "up.weight")) for n in no_decay_names)
+    assert any("norm" in n for n in no_decay_names)
+    assert "embed_tokens.weight" in {names[id(p)] for p in decay["params"]}
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    schedule = WarmupCosine(warmup=4, total=20, min_ratio=0.1)
+    values = [schedule(s) for s in range(25)]
+    assert values[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a >= b for a, b in zip(values[4:], values[5:]))
+    assert values[20] == pytest.approx(0.1) and values[24] == pytest.approx(0.1)
+    assert WarmupCosine(4, None, 0.1)(100) == 1.0  # the length is not known yet
+
+
+def test_eval_windows_spread_over_the_set():
+    starts = eval_windows(num_tokens=1001, seq_len=10, max_tokens=30)
+    assert starts.tolist() == [0, 330, 660]
+    assert len(eval_windows(1001, 10, -1)) == 100
+    with pytest.raises(ValueError, match="shorter than one window"):
+        eval_windows(5, 10, -1)
+
+
+def test_unigram_is_add_one_smoothed():
+    log_probs = unigram_log_probs([0, 0, 1], vocab_size=3)
+    assert torch.allclose(torch.tensor(log_probs).exp(), torch.tensor([3 / 6, 2 / 6, 1 / 6], dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        (dict(preset="monetta"), "preset"),
+        (dict(size="huge"), "size"),
+        (dict(lr=-1e-3), "lr"),
+        (dict(data="/no/such/file.txt"), "data"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(betas=(0.9, 1.5)), "betas"),
+        (dict(max_steps=-1, max_minutes=-1), "max_steps"),
+    ],
+)
+def test_bad_config_names_the_field(changes, field):
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(**changes)
+    assert info.value.field == field and str(info.value).startswith(field + ":")
+
+
+def test_resume_refuses_changes_that_alter_the_run(tmp_path, data):
+    result = train(tiny_config(tmp_path, data, max_steps=2))
+    with pytest.raises(ConfigError, match="cannot change a resumed run's lr"):
+        resume_config(result.run_dir, lr=0.5)
+    config = resume_config(result.run_dir, max_steps=4, lr=1e-2)  # lr as saved: allowed
+    assert config.max_steps == 4 and config.resume == str(result.run_dir)
+
+
+def test_resume_with_more_steps_extends_the_run(tmp_path, data):
+    short = train(tiny_config(tmp_path, data, max_steps=4, save_every=4))
+    extended = train(resume_config(short.run_dir, max_steps=6, threads=1, progress=False))
+    assert extended.step == 6
+    assert len(train_losses(short.run_dir)) == 6
+    records = [json.loads(line) for line in (short.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["event"] == "final" for r in records) == 1
