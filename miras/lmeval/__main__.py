@@ -1,8 +1,7 @@
-"""`python -m miras.lmeval ARGS`: lm-eval's own command line (`lm_eval ARGS`), with the model "miras" registered.
+"""`python -m miras.lmeval ARGS`: lm-eval's own command line (`lm_eval ARGS`), with the zero-shot suite's tasks.
 
-lm-eval 0.4.13 finds models only in its own list or among registrations made in the running process (no entry
-points: upstream issue #1621, PR #3672), so plain `lm_eval --model miras` cannot find ours. When ARGS name no
---include_path, the zero-shot suite's task folder is added, so `--tasks miras_zeroshot` (or miras_piqa, ...) works.
+When ARGS name no --include_path, the suite's task folder is added, so `--tasks miras_zeroshot` (or miras_piqa, ...)
+works. The model "miras" is registered here by import, and in plain `lm_eval` by miras.pth (plugins/).
 """
 
 import sys

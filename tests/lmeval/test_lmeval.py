@@ -208,9 +208,17 @@ def offline_env() -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def test_lm_eval_command_line(run_dir, tmp_path):
+# lm-eval's own executable finds "miras" through miras.pth (plugins/); `python -m miras.lmeval` registers it itself.
+LM_EVAL_COMMANDS = {
+    "lm_eval": [str(Path(sys.executable).with_name("lm_eval"))],
+    "python -m miras.lmeval": [sys.executable, "-m", "miras.lmeval"],
+}
+
+
+@pytest.mark.parametrize("launcher", LM_EVAL_COMMANDS)
+def test_lm_eval_command_line(run_dir, tmp_path, launcher):
     command = [
-        sys.executable, "-m", "miras.lmeval", "--model", "miras", "--model_args", f"pretrained={run_dir}",
+        *LM_EVAL_COMMANDS[launcher], "--model", "miras", "--model_args", f"pretrained={run_dir}",
         "--tasks", "test_choice", "--include_path", str(FIXTURES), "--limit", "3", "--batch_size", "2",
         "--device", "cpu", "--output_path", str(tmp_path / "out"),
     ]  # fmt: skip
