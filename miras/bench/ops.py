@@ -23,6 +23,7 @@ from miras.bench.report import say
 from miras.bench.timing import Fn, Settings, Timing, compare, matmul_fn, peak_memory, rss_rise, time_call
 from miras.memory.architecture import weight_shapes
 from miras.ops import chunk_miras, init_state, naive_recurrent_miras
+from miras.ops.linear_chunks import linear_chunks_apply
 from miras.spec import MemorySpec
 
 # The issue's "linear-memory presets" (matmul-roof target) and "MLP-memory presets" (titans-pytorch target): every
@@ -128,6 +129,10 @@ def op_matmul_flops(spec: MemorySpec, B: int, T: int, H: int, K: int, V: int, ch
 
     A non-linear retention (lq, kl, elastic) spends the first token of each chunk on the exact lag step (anchor forward
     and backward, the gradients and one read: 3·Σ 2·i_l·o_l + Σ_{l≥2} 2·o_l·i_l), so m = chunk - 1 there.
+    The full chunks of a linear memory with an affine update (linear_chunks, README section 6) count instead
+
+        Q Kᵀ 2m²K   S V 2m²V   B_j 2mVK   reads Q̃ W_0ᵀ 2mKV   and for l2: S K 2m²K   A_j 2mK²   scan W_j A_j 2VK²
+
     The sequence starts at a chunk boundary; the last chunk may be short.
     """
     shapes = weight_shapes(spec, K, V)
@@ -137,8 +142,14 @@ def op_matmul_flops(spec: MemorySpec, B: int, T: int, H: int, K: int, V: int, ch
     lag = 1 if spec.nonlinear_retention else 0
     mom = spec.algorithm == "momentum"
     total = 0
+    affine = linear_chunks_apply(spec)
     for start in range(0, T, chunk_size):
         n = min(chunk_size, T - start)
+        if affine and n == chunk_size:
+            total += 2 * n * n * (K + V) + 4 * n * K * V
+            if spec.bias == "l2":
+                total += 2 * n * n * K + 2 * n * K * K + 2 * V * K * K
+            continue
         m = n - lag
         total += lag * (6 * io + 2 * back)
         if m > 0:

@@ -1,6 +1,7 @@
 """chunk_miras: the chunk-parallel fast path. No loop over tokens: a loop over chunks, and inside a chunk closed-form
 per-token gradients at the chunk's anchor, a b×b coefficient matrix for the gates, and exact reads of every W_t
-through the dual form. Derivation: miras/ops/README.md (sections 2-5).
+through the dual form. Derivation: miras/ops/README.md (sections 3-4; linear memories take all full chunks at once
+through linear_chunks.py, section 6).
 
 Axis legend: B batch, H heads, n tokens of a chunk (≤ chunk_size), K key dim, V value dim, o/i a weight's out/in dims.
 Tensors are [B, H, n, D] inside; the public layout is [B, T, H, D].
@@ -16,12 +17,12 @@ import torch.nn.functional as F
 from miras.memory.architecture import activation, activation_derivative, memory_forward
 from miras.memory.bias import upstream
 from miras.memory.retention import retention_map
-from miras.ops.state import MirasState, Weights, check_inputs, compute_dtype, resolve_state
+from miras.ops.linear_chunks import linear_chunks, linear_chunks_apply
+from miras.ops.state import TINY_GATE, MirasState, Weights, check_inputs, compute_dtype, resolve_state
 from miras.spec import MemorySpec
 
-# α and θ enter in log space; a gate of exactly 0 (a full erase) becomes this instead of log(0) = -inf, whose
-# gradient would be NaN. exp(log(1e-30) * 1) is 1e-30: indistinguishable from an erase in the outputs.
-_TINY = 1e-30
+# The plan's chunk index of the one segment that holds all full chunks of a linear memory (linear_chunks).
+_ALL_FULL = -2
 
 
 def _segsum(x: torch.Tensor) -> torch.Tensor:
@@ -35,7 +36,7 @@ def _segsum(x: torch.Tensor) -> torch.Tensor:
 
 def _decay_products(gate: torch.Tensor) -> torch.Tensor:
     """gate [B, H, n] -> P [B, H, n+1, n+1], P[t, j] = prod_{j < l <= t} gate_l (index 0 is the chunk's base)."""
-    logs = torch.log(gate.clamp_min(_TINY))
+    logs = torch.log(gate.clamp_min(TINY_GATE))
     return torch.exp(_segsum(F.pad(logs, (1, 0))))
 
 
@@ -295,7 +296,7 @@ def chunk_miras(
 
     # The segments: a lag token at each chunk start (non-linear retention), then the chunk's linear part.
     lag = 1 if spec.nonlinear_retention else 0
-    plan = []  # (is_lag, length, index among the full chunks or -1, starts a chunk)
+    plan = []  # (is_lag, length, index among the full chunks or -1 (or _ALL_FULL), starts a chunk)
     t, pos, full = 0, state.offset, 0
     while t < T:
         if pos == 0 and lag:
@@ -308,10 +309,16 @@ def chunk_miras(
         full += is_full
         t, pos = t + n, (pos + n) % chunk_size
 
+    # A linear memory with an affine update takes all full chunks in one segment (miras/ops/linear_chunks.py).
+    all_at_once = full > 0 and linear_chunks_apply(spec)
+    if all_at_once:
+        first = next(i for i, p in enumerate(plan) if p[2] >= 0)
+        plan[first : first + full] = [(False, full * chunk_size, _ALL_FULL, True)]
+
     # The full chunks' gate coefficients and first-layer scores (Q Kᵀ) ⊙ C do not depend on the memory: compute them
     # for all full chunks in one batched call.
     coefs, scores = [None] * full, [None] * full
-    if full:
+    if full and not all_at_once:
         first = (chunk_size - state.offset) % chunk_size
         body = tokens.chunks(first, full, chunk_size, lag)
         coef_all = _coefficients(body.eta, body.alpha, body.theta)
@@ -325,6 +332,10 @@ def chunk_miras(
         if is_lag:
             o, mem, mom, read = _lag_step(spec, mem, mom, part)
             anchor = read
+        elif j == _ALL_FULL:
+            body = _Tokens(*(None if x is None else x.unflatten(2, (full, chunk_size)) for x in part))
+            o, w = linear_chunks(spec, mem[0], body.q, body.k, body.v, body.eta, body.alpha)
+            o, mem, anchor, read = o.flatten(2, 3), (w,), (w,), None
         else:
             if starts_chunk:  # linear retention: the anchor is the state at the chunk boundary
                 anchor, read = mem, None

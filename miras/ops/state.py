@@ -12,6 +12,10 @@ import torch
 from miras.memory.architecture import init_weights, weight_shapes
 from miras.spec import MemorySpec
 
+# α and θ enter in log space; a gate of exactly 0 (a full erase) becomes this instead of log(0) = -inf, whose
+# gradient would be NaN. exp(log(1e-30) * 1) is 1e-30: indistinguishable from an erase in the outputs.
+TINY_GATE = 1e-30
+
 Weights = tuple[torch.Tensor, ...]
 
 

@@ -19,7 +19,7 @@ CPU = torch.device("cpu")
 SETTINGS = Settings(CPU, torch.float32, repeats=1, warmup=0, slow_repeats=1)
 
 
-@pytest.mark.parametrize("name", ["gated_deltanet", "deltanet", "moneta", "memora", "titans", "ttt_linear"])
+@pytest.mark.parametrize("name", ["gated_deltanet", "deltanet", "mamba2", "linear_attention", "moneta", "memora", "titans", "ttt_linear"])
 def test_op_flop_formula_matches_flop_counter(name):
     # T = 2.5 chunks: a short last chunk; moneta/memora have a lag token, titans momentum, ttt_linear one layer.
     spec = presets.get(name)

@@ -1,0 +1,64 @@
+"""The all-chunks-at-once path of linear memories (miras/ops/linear_chunks.py): which specs take it, and the cases
+the general equivalence tests (test_chunk.py) do not reach: many full chunks after a partial one, erasing gates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from miras import presets
+from miras.ops import chunk_miras, naive_recurrent_miras
+from miras.ops.linear_chunks import linear_chunks_apply
+from miras.spec import MemorySpec
+from tests.ops.inputs import make_inputs
+
+LINEAR = sorted(name for name, preset in presets.PRESETS.items() if not preset().mlp)
+
+
+def test_which_specs_take_the_path():
+    assert all(linear_chunks_apply(presets.get(name)) for name in LINEAR)
+    for spec in (
+        presets.moneta(),  # MLP memory
+        MemorySpec(memory="linear", bias="l2", retention="decay", algorithm="momentum"),  # a second state
+        MemorySpec(memory="linear", bias="huber", retention="decay"),  # gradients not affine in the memory
+        MemorySpec(memory="linear", bias="l2", retention="kl"),  # a lag token per chunk
+    ):
+        assert not linear_chunks_apply(spec)
+
+
+@pytest.mark.parametrize("preset", LINEAR)
+@pytest.mark.parametrize("erase", [False, True])
+def test_many_chunks_after_a_partial_one(preset, erase):
+    """Starts mid-chunk (a state with offset), then 5 full chunks, then a tail; with erase, some α are exactly 0
+    (log space clamps them to 1e-30) and some exactly 1."""
+    spec, chunk_size, head = presets.get(preset), 8, 3
+    T = head + 5 * chunk_size + 4
+    q, k, v, gates, state, leaves = make_inputs(spec, T=T, requires_grad=True)
+    if erase and gates["alpha"] is not None:
+        with torch.no_grad():
+            gates["alpha"][:, 10] = 0.0
+            gates["alpha"][:, 30:33] = 1.0
+
+    def run(fn):
+        _, mid = fn(q[:, :head].detach(), k[:, :head].detach(), v[:, :head].detach(), gates["eta"][:, :head].detach(),
+                    None if gates["alpha"] is None else gates["alpha"][:, :head].detach(), spec=spec,
+                    chunk_size=chunk_size, initial_state=state, output_final_state=True)
+        assert mid.offset == head
+        return fn(q[:, head:], k[:, head:], v[:, head:], gates["eta"][:, head:],
+                  None if gates["alpha"] is None else gates["alpha"][:, head:], spec=spec, chunk_size=chunk_size,
+                  initial_state=mid, output_final_state=True)
+
+    (o, s), (o_ref, s_ref) = run(chunk_miras), run(naive_recurrent_miras)
+    torch.testing.assert_close(o, o_ref, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(s.memory[0], s_ref.memory[0], rtol=1e-9, atol=1e-9)
+    cotangent = torch.randn_like(o)
+    # At an α of exactly 0 the fast path's gradient for that α is 0 (the clamp), the reference's is not: compare
+    # every other gradient there, and require finite values everywhere.
+    inputs = [q, k, v, gates["eta"], *([] if gates["alpha"] is None else [gates["alpha"]])]
+    grads = torch.autograd.grad(o, inputs, cotangent)
+    grads_ref = torch.autograd.grad(o_ref, inputs, cotangent)
+    for i, (a, b) in enumerate(zip(grads, grads_ref, strict=True)):
+        assert torch.isfinite(a).all()
+        if i == 4 and erase:
+            a, b = a[:, 11:], b[:, 11:]  # after the erased token (index 10 of the leaves)
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-8, msg=lambda m: f"gradient of input {i}: {m}")
