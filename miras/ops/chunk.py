@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from miras.memory.architecture import activation, activation_derivative, memory_forward
 from miras.memory.bias import upstream
 from miras.memory.retention import retention_map
-from miras.ops.linear_chunks import linear_chunks, linear_chunks_apply
+from miras.ops.linear_chunks import group_size, linear_chunks, linear_chunks_apply
 from miras.ops.state import TINY_GATE, MirasState, Weights, check_inputs, compute_dtype, resolve_state
 from miras.spec import MemorySpec
 
-# The plan's chunk index of the one segment that holds all full chunks of a linear memory (linear_chunks).
-_ALL_FULL = -2
+# The plan's chunk index of a segment that holds a group of full chunks of a linear memory (linear_chunks).
+_LINEAR_GROUP = -2
 
 
 def _segsum(x: torch.Tensor) -> torch.Tensor:
@@ -296,7 +296,7 @@ def chunk_miras(
 
     # The segments: a lag token at each chunk start (non-linear retention), then the chunk's linear part.
     lag = 1 if spec.nonlinear_retention else 0
-    plan = []  # (is_lag, length, index among the full chunks or -1 (or _ALL_FULL), starts a chunk)
+    plan = []  # (is_lag, length, index among the full chunks or -1 (or _LINEAR_GROUP), starts a chunk)
     t, pos, full = 0, state.offset, 0
     while t < T:
         if pos == 0 and lag:
@@ -309,16 +309,20 @@ def chunk_miras(
         full += is_full
         t, pos = t + n, (pos + n) % chunk_size
 
-    # A linear memory with an affine update takes all full chunks in one segment (miras/ops/linear_chunks.py).
-    all_at_once = full > 0 and linear_chunks_apply(spec)
-    if all_at_once:
+    # A linear memory with an affine update takes its full chunks in a few segments of many chunks each
+    # (miras/ops/linear_chunks.py).
+    affine_path = full > 0 and linear_chunks_apply(spec)
+    if affine_path:
         first = next(i for i, p in enumerate(plan) if p[2] >= 0)
-        plan[first : first + full] = [(False, full * chunk_size, _ALL_FULL, True)]
+        group = group_size(spec, B, H, chunk_size, K) or full
+        plan[first : first + full] = [
+            (False, min(group, full - j) * chunk_size, _LINEAR_GROUP, True) for j in range(0, full, group)
+        ]
 
     # The full chunks' gate coefficients and first-layer scores (Q Kᵀ) ⊙ C do not depend on the memory: compute them
     # for all full chunks in one batched call.
     coefs, scores = [None] * full, [None] * full
-    if full and not all_at_once:
+    if full and not affine_path:
         first = (chunk_size - state.offset) % chunk_size
         body = tokens.chunks(first, full, chunk_size, lag)
         coef_all = _coefficients(body.eta, body.alpha, body.theta)
@@ -332,8 +336,8 @@ def chunk_miras(
         if is_lag:
             o, mem, mom, read = _lag_step(spec, mem, mom, part)
             anchor = read
-        elif j == _ALL_FULL:
-            body = _Tokens(*(None if x is None else x.unflatten(2, (full, chunk_size)) for x in part))
+        elif j == _LINEAR_GROUP:
+            body = _Tokens(*(None if x is None else x.unflatten(2, (-1, chunk_size)) for x in part))
             o, w = linear_chunks(spec, mem[0], body.q, body.k, body.v, body.eta, body.alpha)
             o, mem, anchor, read = o.flatten(2, 3), (w,), (w,), None
         else:

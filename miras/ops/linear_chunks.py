@@ -17,16 +17,22 @@ import torch
 from miras.ops.state import TINY_GATE
 from miras.spec import MemorySpec
 
-# l2 runs the chunks in groups whose weight-sized tensors ([group·B·H, 64, 64]) hold about this many elements
-# (2 MB in float32), so that they stay in cache between the ~30 passes over them. Measured side by side at B=2, H=4,
-# T=8192, 2 threads: gated_deltanet 1.2x the per-chunk path in groups of 16 chunks, 1.0x in one group. The dot path
-# has a third of the passes and no K×K transitions: one group is faster there (2.0x vs 1.5x).
+# l2 runs the chunks in groups (group_size; chunk_miras makes each group one segment) whose weight-sized tensors
+# ([group·B·H, 64, 64]) hold about this many elements (2 MB in float32), so that they stay in cache between the ~30
+# passes over them. Measured side by side at B=2, H=4, T=8192, 2 threads: gated_deltanet 1.2x the per-chunk path in
+# groups of 16 chunks, 1.0x in one group. The dot path has a third of the passes and no K×K transitions: one group is
+# faster there (2.0x vs 1.5x).
 GROUP_ELEMENTS = 2**19
 
 
 def linear_chunks_apply(spec: MemorySpec) -> bool:
     """Whether `linear_chunks` computes this spec: a linear memory whose per-chunk update is affine in its base."""
     return not spec.mlp and spec.algorithm == "gd" and spec.bias in ("dot", "l2") and not spec.nonlinear_retention
+
+
+def group_size(spec: MemorySpec, B: int, H: int, m: int, K: int) -> int | None:
+    """How many full chunks one `linear_chunks` call should take (None: all of them)."""
+    return max(1, GROUP_ELEMENTS // (B * H * m * max(m, K))) if spec.bias == "l2" else None
 
 
 def linear_chunks(
@@ -38,33 +44,11 @@ def linear_chunks(
     eta: torch.Tensor,
     alpha: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """N consecutive full chunks from the weights w0 [B, H, V, K] at the first chunk's start.
+    """N consecutive full chunks from the weights w0 [B, H, V, K] at the first chunk's start, in batched matmuls.
 
     q, k [B, H, N, m, K], v [B, H, N, m, V]; eta, alpha [B, H, N, m] (alpha None: retention "none").
     Returns (o [B, H, N, m, V], the weights after the last chunk [B, H, V, K]).
     """
-    B, H, N, m, K = q.shape
-    group = max(1, GROUP_ELEMENTS // (B * H * m * max(m, K))) if spec.bias == "l2" else N
-    if group >= N:
-        return _group(spec, w0, q, k, v, eta, alpha)
-    outputs, w = [], w0
-    for start in range(0, N, group):
-        part = (None if x is None else x[:, :, start : start + group] for x in (q, k, v, eta, alpha))
-        o, w = _group(spec, w, *part)
-        outputs.append(o)
-    return torch.cat(outputs, dim=2), w
-
-
-def _group(
-    spec: MemorySpec,
-    w0: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    eta: torch.Tensor,
-    alpha: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """linear_chunks for one group of chunks, in batched matmuls over the group."""
     B, H, N, m, K = q.shape
     q, k, v = (x.contiguous().flatten(0, 2) for x in (q, k, v))  # [B·H·N, m, D]: every matmul is one bmm
     a, decay = _decays(alpha.flatten(0, 2) if alpha is not None else None, m, q)
