@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from miras.memory.architecture import activation, activation_derivative, memory_forward
 from miras.memory.bias import upstream
-from miras.memory.retention import retention_map
+from miras.memory.retention import fused_retention_map
 from miras.ops.linear_chunks import group_size, linear_chunks, linear_chunks_apply
 from miras.ops.state import TINY_GATE, MirasState, Weights, check_inputs, compute_dtype, resolve_state
 from miras.spec import MemorySpec
@@ -186,7 +186,10 @@ class _Tokens(NamedTuple):
 
     def split(self, sizes: list[int]) -> list["_Tokens"]:
         """Consecutive windows of the given lengths (torch.split: its backward concatenates once, where slicing
-        each window would allocate a full-length zero gradient per window)."""
+        each window would allocate a full-length zero gradient per window). One window is the tokens themselves: no
+        copy forward or backward."""
+        if len(sizes) == 1:
+            return [self]
         parts = [None if x is None else torch.split(x, sizes, dim=2) for x in self]
         return [_Tokens(*(None if p is None else p[j] for p in parts)) for j in range(len(sizes))]
 
@@ -212,12 +215,14 @@ def _segment(
     tokens: _Tokens,
     coef: _Coefficients | None = None,
     scores0: torch.Tensor | None = None,
+    keep_read: bool = True,
 ) -> tuple[torch.Tensor, Weights, Weights | None, Weights | None, Weights]:
     """Tokens of one chunk that all take their gradient at `anchor` and update linearly.
 
     read0 is the read weights before the segment (None: the same as mem0). coef/scores0: precomputed for this chunk
-    (computed here when None). Returns (o [B, H, n, V], memory after, momentum after, read weights after (None when
-    read0 is None), anchor after).
+    (computed here when None). keep_read=False: the caller needs no read weights after the segment (it ends a chunk,
+    and the next chunk's lag step maps the accumulator afresh). Returns (o [B, H, n, V], memory after, momentum
+    after, read weights after (None when read0 is None or not keep_read), anchor after).
     """
     if coef is None:
         coef = _coefficients(tokens.eta, tokens.alpha, tokens.theta)
@@ -225,19 +230,20 @@ def _segment(
     inputs, deltas = _anchor_gradients(spec, anchor, tokens.k, tokens.v, tokens.delta, gamma)
     o = _dual_read(spec, mem0 if read0 is None else read0, mom0, coef, inputs, deltas, tokens.q, scores0)
     a_end = coef.a[..., -1, None, None]  # [B, H, 1, 1]
-    c_end = coef.c[..., -1, :].unsqueeze(-1)  # [B, H, n, 1]
-    # What the chunk takes off a_n W_0 (README section 3: W_n = a_n W_0 + b_n S_0 - Σ_i c[n, i] g_i). The read
-    # weights follow the same increments from their own base: R_n = a_n R_0 - step.
-    step = [(d * c_end).transpose(-1, -2) @ x for d, x in zip(deltas, inputs)]
+    minus_c_end = -coef.c[..., -1, :].unsqueeze(-1)  # [B, H, n, 1]
+    # What the chunk adds to a_n W_0 (README section 3: W_n = a_n W_0 + b_n S_0 - Σ_i c[n, i] g_i). The read
+    # weights follow the same increments from their own base: R_n = a_n R_0 + step. Signs ride on the small gate
+    # vectors and each update is one addcmul: a weight-sized pass per tensor forward and backward, not two.
+    step = [(d * minus_c_end).transpose(-1, -2) @ x for d, x in zip(deltas, inputs)]
     mom = None
     if mom0 is not None:
         b_end = coef.b[..., -1, None, None]
-        step = [u - b_end * s for u, s in zip(step, mom0)]
+        step = [torch.addcmul(u, b_end, s) for u, s in zip(step, mom0)]
         s_end = coef.s_end[..., None, None]
-        d_end = coef.d_end.unsqueeze(-1)
-        mom = tuple(s_end * s - (d * d_end).transpose(-1, -2) @ x for s, d, x in zip(mom0, deltas, inputs))
-    mem = tuple(a_end * m - u for m, u in zip(mem0, step))
-    read = None if read0 is None else tuple(a_end * r - u for r, u in zip(read0, step))
+        minus_d_end = -coef.d_end.unsqueeze(-1)
+        mom = tuple(torch.addcmul((d * minus_d_end).transpose(-1, -2) @ x, s_end, s) for s, d, x in zip(mom0, deltas, inputs))
+    mem = tuple(torch.addcmul(u, a_end, m) for m, u in zip(mem0, step))
+    read = None if read0 is None or not keep_read else tuple(torch.addcmul(u, a_end, r) for r, u in zip(read0, step))
     anchor_end = tuple(a_end * w for w in anchor) if gamma is not None else anchor
     return o, mem, mom, read, anchor_end
 
@@ -247,18 +253,18 @@ def _lag_step(
 ) -> tuple[torch.Tensor, Weights, Weights | None, Weights]:
     """The lag token of a non-linear retention (README section 1): one exact step at φ(A'), then W_s = φ(A_s).
     tokens holds one token. Returns (o [B, H, 1, V], accumulator after, momentum after, W_s)."""
-    inputs, deltas = _anchor_gradients(spec, retention_map(spec, mem0), tokens.k, tokens.v, tokens.delta, None)
-    eta = tokens.eta[..., None]  # [B, H, 1, 1]
-    alpha = 1.0 if tokens.alpha is None else tokens.alpha[..., None]
-    # η g, with η applied to the one-token delta rather than to the weight-sized gradient
-    steps = [(eta * d).transpose(-1, -2) @ x for d, x in zip(deltas, inputs)]  # [B, H, out, in]
+    inputs, deltas = _anchor_gradients(spec, fused_retention_map(spec, mem0), tokens.k, tokens.v, tokens.delta, None)
+    minus_eta = -tokens.eta[..., None]  # [B, H, 1, 1]
+    # -η g, with η applied to the one-token delta rather than to the weight-sized gradient
+    steps = [(minus_eta * d).transpose(-1, -2) @ x for d, x in zip(deltas, inputs)]  # [B, H, out, in]
+    alpha = tokens.alpha[..., None]
     if mom0 is None:
         mom = None
-        mem = tuple(alpha * m - u for m, u in zip(mem0, steps))
+        mem = tuple(torch.addcmul(u, alpha, m) for m, u in zip(mem0, steps))
     else:
-        mom = tuple(tokens.theta[..., None] * s - u for s, u in zip(mom0, steps))
-        mem = tuple(alpha * m + s for m, s in zip(mem0, mom))
-    read = retention_map(spec, mem)
+        mom = tuple(torch.addcmul(u, tokens.theta[..., None], s) for s, u in zip(mom0, steps))
+        mem = tuple(torch.addcmul(s, alpha, m) for m, s in zip(mem0, mom))
+    read = fused_retention_map(spec, mem)
     return memory_forward(spec, read, tokens.q), mem, mom, read
 
 
@@ -344,10 +350,11 @@ def chunk_miras(
             if starts_chunk:  # linear retention: the anchor is the state at the chunk boundary
                 anchor, read = mem, None
             o, mem, mom, read, anchor = _segment(
-                spec, anchor, read, mem, mom, part, coefs[j] if j >= 0 else None, scores[j] if j >= 0 else None
+                spec, anchor, read, mem, mom, part, coefs[j] if j >= 0 else None, scores[j] if j >= 0 else None,
+                keep_read=j < 0,  # a full chunk ends at a chunk boundary
             )
         outputs.append(o)
-    o = torch.cat(outputs, dim=2).transpose(1, 2).to(q.dtype)  # [B, T, H, V]
+    o = (outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)).transpose(1, 2).to(q.dtype)  # [B, T, H, V]
     if not output_final_state:
         return o, None
     if pos == 0:

@@ -51,10 +51,8 @@ def linear_chunks(
     """
     B, H, N, m, K = q.shape
     q, k, v = (x.contiguous().flatten(0, 2) for x in (q, k, v))  # [B·H·N, m, D]: every matmul is one bmm
-    a, decay = _decays(alpha.flatten(0, 2) if alpha is not None else None, m, q)
-    c = decay * eta.flatten(0, 2).unsqueeze(-2)  # c[t, i] = P[t, i] η_i: W_t = a_t W_0 - Σ_{i≤t} c[t, i] g_i
-    scores = torch.bmm(q, k.mT) * c  # S[t, i] = c[t, i] q_t·k_i
-    c_end = c[:, -1, :, None]  # [B·H·N, m, 1]
+    a, scores, c_end = _scores(torch.bmm(q, k.mT), alpha.flatten(0, 2) if alpha is not None else None, eta.flatten(0, 2))
+    c_end = c_end.unsqueeze(-1)  # [B·H·N, m, 1]
     carry = torch.bmm((v * c_end).mT, k)  # B_j = Σ_i c[m, i] v_i k_iᵀ  [B·H·N, V, K]
     q_tilde = q if a is None else a.unsqueeze(-1) * q  # the base's part of each read, a_t q_t
     if spec.bias == "l2":  # u_i = γ_i W_0 k_i - v_i: the gradients feed back through the base
@@ -72,20 +70,58 @@ def linear_chunks(
     return o.unflatten(0, (B, H, N)), w_end
 
 
-def _decays(alpha: torch.Tensor | None, m: int, like: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Gates alpha [R, m] -> (a [R, m], a_t = ∏_{l≤t} α_l; P [R, m, m], P[t, i] = ∏_{i<l≤t} α_l, zero for i > t).
-    None (no retention): a is None (all ones) and P the lower triangle of ones.
+def _scores(
+    qk: torch.Tensor, alpha: torch.Tensor | None, eta: torch.Tensor
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """qk [R, m, m] (q_t·k_i) and the gates alpha, eta [R, m] -> (a [R, m], a_t = ∏_{l≤t} α_l; the scores
+    S [R, m, m], S[t, i] = c[t, i] q_t·k_i with c[t, i] = ∏_{i<l≤t} α_l · η_i, zero for i > t; c_end [R, m], the last
+    row of c, from the gate vectors: a slice of S-sized c would cost a zero-filled c-sized gradient in the backward).
+    alpha None (no retention): a is None (all ones) and c the lower triangle of η.
 
-    P comes from differences of the chunk's cumulative log gates (the fla chunk kernels' form): cheaper than the
-    general path's segment sums, and within a chunk of 64 tokens the cancellation error stays below 1e-7 of the
-    exponent's magnitude (float32), where the exponent is at most 64·69 (a gate of 0 becomes 1e-30).
+    c = exp(L_t - L_i + log η_i) from the chunk's cumulative log gates L (the fla chunk kernels' form, with η in the
+    exponent: no c-sized product with η, forward or backward; η > 0 is checked at the op's entry). Within a chunk of
+    64 tokens the cancellation error stays below 1e-7 of the exponent's magnitude (float32), where the exponent is
+    at most 64·69 (a gate of 0 becomes 1e-30).
     """
-    causal = torch.ones(m, m, dtype=torch.bool, device=like.device).tril()
+    m = qk.shape[-1]
     if alpha is None:
-        return None, causal.to(like.dtype)
+        causal = torch.ones(m, m, dtype=torch.bool, device=qk.device).tril()
+        return None, qk * (eta.unsqueeze(-2) * causal), eta
     logs = torch.log(alpha.clamp_min(TINY_GATE)).cumsum(-1)  # L_t
-    decay = torch.exp((logs.unsqueeze(-1) - logs.unsqueeze(-2)).masked_fill(~causal, float("-inf")))
-    return torch.exp(logs), decay
+    base = logs - torch.log(eta)  # L_i - log η_i
+    return torch.exp(logs), _DecayedScores.apply(qk, logs, base), torch.exp(logs[:, -1:] - base)
+
+
+class _DecayedScores(torch.autograd.Function):
+    """S = qk ⊙ exp(L_t - base_i) on and below the diagonal, 0 above (qk [R, m, m], L and base [R, m]).
+
+    By hand because it is the dot path's largest non-matmul cost: the exponent is built, masked and exponentiated
+    in one buffer, and since ∂S/∂(L_t - base_i) = S the backward is dS ⊙ c, dS ⊙ S and two row/column sums:
+    4 S-sized passes forward and 4 backward, where autograd through the same formulas takes 4 and 6. The backward
+    is written in differentiable ops (double backward works)."""
+
+    @staticmethod
+    def forward(ctx, qk: torch.Tensor, logs: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        c = _masked_decay(logs, base)
+        scores = qk * c
+        ctx.save_for_backward(qk, logs, base, c, scores)
+        return scores
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        qk, logs, base, c, scores = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: the saved c and S have no graph to the inputs
+            c = _masked_decay(logs, base)
+            scores = qk * c
+        grad_exponent = grad * scores
+        return grad * c, grad_exponent.sum(-1), -grad_exponent.sum(-2)
+
+
+def _masked_decay(logs: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """exp(L_t - base_i) for i <= t, 0 above the diagonal; one buffer, built in place."""
+    m = logs.shape[-1]
+    above = torch.ones(m, m, dtype=torch.bool, device=logs.device).triu(1)
+    return (logs.unsqueeze(-1) - base.unsqueeze(-2)).masked_fill_(above, float("-inf")).exp_()
 
 
 def _scan(

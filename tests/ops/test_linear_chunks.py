@@ -67,3 +67,20 @@ def test_many_chunks_after_a_partial_one(preset, erase, grouped, monkeypatch):
         if i == 4 and erase:
             a, b = a[:, 11:], b[:, 11:]  # after the erased token (index 10 of the leaves)
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-8, msg=lambda m: f"gradient of input {i}: {m}")
+
+
+def test_decayed_scores_backward_is_autograd_of_the_formula():
+    """_DecayedScores' hand-written backward (first and second order) against torch.autograd.gradcheck, with a
+    strongly decaying row so that the masked exponent spans a wide range."""
+    g = torch.Generator().manual_seed(0)
+    R, m = 3, 5
+    qk = torch.randn(R, m, m, generator=g, dtype=torch.float64, requires_grad=True)
+    logs = torch.log(torch.rand(R, m, generator=g, dtype=torch.float64) * 0.9 + 0.05).cumsum(-1)
+    base = (logs - torch.log(torch.rand(R, m, generator=g, dtype=torch.float64) + 0.1)).requires_grad_()
+    logs.requires_grad_()
+    fn = linear_chunks_module._DecayedScores.apply
+    assert torch.autograd.gradcheck(fn, (qk, logs, base))
+    assert torch.autograd.gradgradcheck(fn, (qk, logs, base))
+    causal = torch.ones(m, m, dtype=torch.bool).tril()
+    want = qk * torch.exp(logs.unsqueeze(-1) - base.unsqueeze(-2)) * causal
+    torch.testing.assert_close(fn(qk, logs, base), want, rtol=1e-12, atol=0)
