@@ -27,11 +27,11 @@ DEFAULT_SECTIONS = SECTIONS  # the compile section only counts graph breaks unle
 
 # Quick (default) and --full settings; explicit flags override either. The quick grid reaches T = 8192 so that the
 # SDPA crossover of an MLP preset (Moneta) is measured around the T = 4096, not extrapolated.
-QUICK = dict(presets=["moneta", "gated_deltanet"], seq_lens=[512, 1024, 2048, 4096, 8192], chunk_sizes=[64], repeats=3,
+QUICK = dict(presets=["moneta", "moneta" + ops.COMPILE_STEPS, "gated_deltanet"], seq_lens=[512, 1024, 2048, 4096, 8192], chunk_sizes=[64], repeats=3,
              warmup=1, slow_repeats=1, memory_presets=["gated_deltanet", "moneta"], model_size="tiny",
              train_seq_lens=[256, 1024], decode_contexts=[256, 1024, 4096, 8192], decode_steps=16,
              compile_presets=["gated_deltanet", "moneta"])
-FULL = dict(presets=list(presets.PRESETS), seq_lens=[512, 1024, 2048, 4096, 8192, 16384], chunk_sizes=[16, 32, 64, 128],
+FULL = dict(presets=[*presets.PRESETS, *(name + ops.COMPILE_STEPS for name in ops.MLP_PRESETS)], seq_lens=[512, 1024, 2048, 4096, 8192, 16384], chunk_sizes=[16, 32, 64, 128],
             repeats=5, warmup=1, slow_repeats=3, memory_presets=[*ops.LINEAR_PRESETS, *ops.MLP_PRESETS], model_size="small",
             train_seq_lens=[512, 1024, 2048, 4096], decode_contexts=[256, 512, 1024, 2048, 4096, 8192], decode_steps=32,
             compile_presets=list(presets.PRESETS))
@@ -49,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", nargs="+", choices=SECTIONS, help=f"run only these sections (default: {' '.join(DEFAULT_SECTIONS)})")
     p.add_argument("--compile", action="store_true",
                    help="also compile the op and time it (minutes per preset on a CPU); without it the compile section only counts graph breaks")
-    p.add_argument("--presets", nargs="+", choices=list(presets.PRESETS), help="presets of the time/memory grid")
+    p.add_argument("--presets", nargs="+", choices=[*presets.PRESETS, *(name + ops.COMPILE_STEPS for name in presets.PRESETS)],
+                   help=f"presets of the time/memory grid; NAME{ops.COMPILE_STEPS} times chunk_miras(compile_steps=True)")
     p.add_argument("--seq-lens", nargs="+", type=int, help="sequence lengths T of the grid")
     p.add_argument("--chunk-sizes", nargs="+", type=int, help="chunk sizes of the grid (SDPA is timed beside the first)")
     p.add_argument("--batch", type=int, default=2, help="B of the op benchmarks and the model's training batch")

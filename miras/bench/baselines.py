@@ -122,9 +122,10 @@ class OpWithProjections(nn.Module):
     q/k/v projections (q, k l2-normalized), per-head gate projections, learned initial memory weights and an output
     projection. No short conv, norms or output gate (NeuralMemory has no conv; its RMSNorms are cheap)."""
 
-    def __init__(self, spec: MemorySpec, dim: int, heads: int, head_dim: int, chunk_size: int):
+    def __init__(self, spec: MemorySpec, dim: int, heads: int, head_dim: int, chunk_size: int, compile_steps: bool = False):
         super().__init__()
         self.spec, self.heads, self.head_dim, self.chunk_size = spec, heads, head_dim, chunk_size
+        self.compile_steps = compile_steps
         self.gate_names = ["eta"] + (["alpha"] if spec.retention != "none" else [])
         self.gate_names += (["momentum"] if spec.algorithm == "momentum" else []) + (["delta"] if spec.bias == "huber" else [])
         self.qkv = nn.Linear(dim, 3 * heads * head_dim, bias=False)
@@ -146,6 +147,6 @@ class OpWithProjections(nn.Module):
         o, _ = chunk_miras(
             F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, gates["eta"], gates["alpha"], spec=self.spec,
             chunk_size=self.chunk_size, momentum=gates["momentum"], delta=gates["delta"],
-            initial_state=tuple(w.expand(B, *w.shape[1:]) for w in self.memory),
+            initial_state=tuple(w.expand(B, *w.shape[1:]) for w in self.memory), compile_steps=self.compile_steps,
         )
         return self.out(o.reshape(B, T, -1))

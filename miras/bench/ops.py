@@ -9,6 +9,7 @@ Inputs follow the op's contract: unit-norm q, k; η in [0.01, 0.05]; α in [0.97
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -32,6 +33,15 @@ from miras.spec import MemorySpec
 LINEAR_PRESETS = tuple(name for name, preset in presets.PRESETS.items() if not preset().mlp)
 MLP_PRESETS = tuple(name for name, preset in presets.PRESETS.items() if preset().mlp and preset().mlp_depth == 2)
 MATMUL_SHAPE = (2048, 512, 2048)
+# A grid name with this suffix times chunk_miras(compile_steps=True): each chunk's step under torch.compile.
+COMPILE_STEPS = "+compile_steps"
+
+
+def grid_op(name: str) -> tuple[Callable, MemorySpec]:
+    """A grid name -> (the op, the preset's spec): "moneta" is the eager op, "moneta+compile_steps" the compiled steps."""
+    if name.endswith(COMPILE_STEPS):
+        return functools.partial(chunk_miras, compile_steps=True), presets.get(name.removesuffix(COMPILE_STEPS))
+    return chunk_miras, presets.get(name)
 
 
 class CorrectnessError(AssertionError):
@@ -180,9 +190,9 @@ def check_correctness(preset_names: list[str], device, chunk_size: int = 16, T: 
     rows = []
     shape = Shape(batch=1, heads=2, head_dim=8)
     for name in preset_names:
-        spec = presets.get(name)
+        fast, spec = grid_op(name)
         results = []
-        for op in (chunk_miras, naive_recurrent_miras):
+        for op in (fast, naive_recurrent_miras):
             call = op_call(op, spec, shape, T, chunk_size, device, torch.float64, seed=1)
             o = call.output()
             cotangent = torch.randn(o.shape, generator=torch.Generator().manual_seed(2), dtype=o.dtype).to(device)
@@ -201,10 +211,10 @@ def run_grid(settings: Settings, shape: Shape, preset_names: list[str], seq_lens
     rows = []
     dev, dt = settings.device, settings.dtype
     for name in preset_names:
-        spec = presets.get(name)
+        op, spec = grid_op(name)
         for chunk in chunk_sizes:
             for T in seq_lens:
-                call = op_call(chunk_miras, spec, shape, T, chunk, dev, dt)
+                call = op_call(op, spec, shape, T, chunk, dev, dt)
                 fns = {"fwd": forward_fn(call.output), "fwdbwd": train_fn(call.output, call.leaves)}
                 if chunk == chunk_sizes[0]:
                     attn, qkv = sdpa_call(shape, T, dev, dt)
@@ -260,22 +270,28 @@ def sdpa_crossover(rows: list[dict]) -> list[dict]:
 
 
 def run_naive(settings: Settings, shape: Shape, preset: str = "moneta", T: int = 2048, chunk: int = 64) -> dict:
-    """chunk_miras vs the token loop naive_recurrent_miras, fwd+bwd, same inputs (target: ≥ 30× for Moneta at T=2048).
-    The loop warms up on one chunk of tokens (its per-token cost does not depend on T)."""
+    """chunk_miras (eager, and with compile_steps) vs the token loop naive_recurrent_miras, fwd+bwd, same inputs, side
+    by side (target: ≥ 30× for Moneta at T=2048). The loop warms up on one chunk of tokens (its per-token cost does
+    not depend on T); the compiled steps on the full length (their first call compiles)."""
     spec = presets.get(preset)
     dev, dt = settings.device, settings.dtype
     fast = op_call(chunk_miras, spec, shape, T, chunk, dev, dt)
+    steps = fast.with_op(functools.partial(chunk_miras, compile_steps=True))
     slow = fast.with_op(naive_recurrent_miras)
     short = op_call(naive_recurrent_miras, spec, shape, chunk, chunk, dev, dt)
     timings = compare(
-        {"chunk": train_fn(fast.output, fast.leaves), "naive": train_fn(slow.output, slow.leaves)},
-        device=dev, repeats={"chunk": settings.repeats, "naive": settings.slow_repeats}, warmup=settings.warmup,
-        warmup_fns={"naive": train_fn(short.output, short.leaves)},
+        {"chunk": train_fn(fast.output, fast.leaves), "chunk_compile_steps": train_fn(steps.output, steps.leaves),
+         "naive": train_fn(slow.output, slow.leaves)},
+        device=dev, repeats={"chunk": settings.repeats, "chunk_compile_steps": settings.repeats, "naive": settings.slow_repeats},
+        warmup=settings.warmup, warmup_fns={"naive": train_fn(short.output, short.leaves)},
     )
     speedup = timings["naive"].median / timings["chunk"].median
-    say(f"[naive] {preset} T={T} chunk={chunk}: chunk {_ms(timings['chunk'])}, naive {_ms(timings['naive'])}: {speedup:.1f}x")
+    speedup_steps = timings["naive"].median / timings["chunk_compile_steps"].median
+    say(f"[naive] {preset} T={T} chunk={chunk}: chunk {_ms(timings['chunk'])}, with compile_steps "
+        f"{_ms(timings['chunk_compile_steps'])}, naive {_ms(timings['naive'])}: {speedup:.1f}x, {speedup_steps:.1f}x")
     return {"preset": preset, "T": T, "chunk_size": chunk, "shape": dataclasses.asdict(shape),
-            "chunk": timings["chunk"].to_dict(), "naive": timings["naive"].to_dict(), "speedup": speedup, "target": 30.0}
+            "chunk": timings["chunk"].to_dict(), "chunk_compile_steps": timings["chunk_compile_steps"].to_dict(),
+            "naive": timings["naive"].to_dict(), "speedup": speedup, "speedup_compile_steps": speedup_steps, "target": 30.0}
 
 
 def run_memory_scaling(settings: Settings, shape: Shape, preset_names: list[str], seq_lens: tuple[int, int] = (8192, 16384), chunk: int = 64) -> list[dict]:
@@ -385,14 +401,17 @@ def run_linear(settings: Settings, shape: Shape, T: int = 8192, chunk: int = 64,
 
 
 def run_titans(settings: Settings, preset_names: tuple[str, ...] = MLP_PRESETS, dim: int = 256, heads: int = 4,
-               head_dims: tuple[int | None, ...] = (None, 64), chunk: int = 64, B: int = 2, T: int = 1024) -> dict:
+               head_dims: tuple[int | None, ...] = (None, 64), chunk: int = 64, B: int = 2, T: int = 1024,
+               compile_steps: bool = True) -> dict:
     """MLP presets vs titans-pytorch's NeuralMemory, training tokens/s (fwd+bwd to the input and every parameter) on
     the same x [B, T, dim], once per head dim: None is NeuralMemory's default (dim_head = dim), the configuration of
     the issue's target (`NeuralMemory(dim=256, chunk_size=64, heads=4)`, 3.68M parameters, ~172 tok/s); 64 is the
     op's K = V. Ours is the op plus its projections (baselines.OpWithProjections) with the same heads, head dim and
     memory (2-layer MLP, expansion 4, GELU, LayerNorm + residual), so both sides include the q/k/v, gate and output
     projections. NeuralMemory runs twice: with its default batch_size=None, the target's reference, and with
-    batch_size=64 (weights updated after every chunk, like our mini-batch GD).
+    batch_size=64 (weights updated after every chunk, like our mini-batch GD). compile_steps: each preset also runs
+    as chunk_miras(compile_steps=True) (rows NAME+compile_steps). Every row of ours also gets its matmul ceiling: its
+    counted fwd+bwd FLOPs at the float32 matmul rate timed in the same round-robin.
     What still differs: NeuralMemory retrieves with the weights of the last finished chunk (once per chunk), ours
     reads every token's own W_t; its momentum and decay gates are per chunk, its loss is the mean squared error with a
     learnable LayerNorm gain; each preset has its own bias and retention (titans is the closest: l2, decay, momentum).
@@ -403,7 +422,8 @@ def run_titans(settings: Settings, preset_names: tuple[str, ...] = MLP_PRESETS, 
         note = f"skipped: titans-pytorch not importable ({type(error).__name__}: {error}); pip install 'miras[bench]'"
         say(f"[titans] {note}")
         return {"skipped": note}
-    configs = [_titans_config(settings, NeuralMemory, preset_names, dim, heads, head_dim, chunk, B, T) for head_dim in head_dims]
+    names = [*preset_names, *(name + COMPILE_STEPS for name in preset_names if compile_steps)]
+    configs = [_titans_config(settings, NeuralMemory, names, dim, heads, head_dim, chunk, B, T) for head_dim in head_dims]
     return {"dim": dim, "heads": heads, "chunk_size": chunk, "B": B, "T": T, "target": 50.0, "configs": configs,
             "ours": "op + q/k/v, gate and output projections"}
 
@@ -420,7 +440,8 @@ def _titans_config(settings: Settings, NeuralMemory, preset_names, dim, heads, h
                variant: NeuralMemory(dim, chunk_size=chunk, batch_size=chunk, heads=heads, **kwargs)}
     memory_params = {name: sum(p.numel() for p in m.memory_model_parameters) for name, m in modules.items()}
     for name in preset_names:
-        modules[name] = baselines.OpWithProjections(presets.get(name), dim, heads, head_dim, chunk)
+        base = name.removesuffix(COMPILE_STEPS)
+        modules[name] = baselines.OpWithProjections(presets.get(base), dim, heads, head_dim, chunk, compile_steps=base != name)
         memory_params[name] = sum(p.numel() for p in modules[name].memory)
     x = torch.randn(B, T, dim, device=dev, dtype=dt, requires_grad=True)
     x_short = torch.randn(B, 2 * chunk, dim, device=dev, dtype=dt, requires_grad=True)
@@ -435,21 +456,37 @@ def _titans_config(settings: Settings, NeuralMemory, preset_names, dim, heads, h
     for m in modules.values():
         m.to(device=dev, dtype=dt)
     theirs = (reference, variant)
+    fns = {name: fn(m, x) for name, m in modules.items()}
     timings = compare(
-        {name: fn(m, x) for name, m in modules.items()}, device=dev, warmup=settings.warmup,
-        repeats={name: settings.slow_repeats if name in theirs else settings.repeats for name in modules},
+        {**fns, "matmul": matmul_fn(dev, MATMUL_SHAPE)}, device=dev, warmup=settings.warmup,
+        repeats={name: settings.slow_repeats if name in theirs else settings.repeats for name in [*modules, "matmul"]},
         warmup_fns={name: fn(modules[name], x_short) for name in theirs},  # their cost is per chunk, sequential
     )
+    m, k, n = MATMUL_SHAPE
+    roof = 2 * m * k * n / timings.pop("matmul").median  # FLOP/s
     ref = B * T / timings[reference].median
-    rows = []
+    rows, counted = [], {}
     for name, t in timings.items():
         tps = B * T / t.median
         # NeuralMemory's parameters() also hold the template MLP its per-head weights are copied from (no gradient).
-        rows.append({"name": name, "params": sum(p.numel() for p in modules[name].parameters()), "memory_params": memory_params[name],
-                     **t.to_dict(), "tokens_per_s": tps, "speedup_vs_titans_pytorch": tps / ref})
-        say(f"[titans] {label}: {name}: fwd+bwd {_ms(t)}, {tps:.0f} tok/s ({tps / ref:.1f}x {reference})")
+        row = {"name": name, "params": sum(p.numel() for p in modules[name].parameters()), "memory_params": memory_params[name],
+               **t.to_dict(), "tokens_per_s": tps, "speedup_vs_titans_pytorch": tps / ref}
+        if name not in theirs:
+            # The ceiling: every matmul FLOP of one fwd+bwd (counted by torch in the eager op; the compiled steps do
+            # the same matmuls) at the measured matmul rate, nothing else.
+            base = name.removesuffix(COMPILE_STEPS)
+            # (FlopCounterMode's module hooks reject a leaf module input under autograd.grad: count with x·1.)
+            flops = counted[base] if base in counted else counted.setdefault(base, counted_flops(fn(modules[base], x * 1.0)))
+            row |= {"flops_fwdbwd_counted": flops, "fraction_of_matmul": flops / t.median / roof,
+                    "roof_tokens_per_s": B * T * roof / flops, "roof_speedup_vs_titans_pytorch": B * T * roof / flops / ref}
+        rows.append(row)
+        line = f"[titans] {label}: {name}: fwd+bwd {_ms(t)}, {tps:.0f} tok/s ({tps / ref:.1f}x {reference})"
+        if "roof_tokens_per_s" in row:
+            line += f"; {100 * row['fraction_of_matmul']:.0f}% of matmul, at most {row['roof_speedup_vs_titans_pytorch']:.1f}x at the roof"
+        say(line)
     # The target is checked at NeuralMemory's default head dim: the configuration of the issue's 172 tok/s.
-    return {"label": label, "head_dim": head_dim, "target_config": "dim_head" not in kwargs, "reference": reference, "rows": rows}
+    return {"label": label, "head_dim": head_dim, "target_config": "dim_head" not in kwargs, "reference": reference, "rows": rows,
+            "matmul": {"shape": list(MATMUL_SHAPE), "gflops": roof / 1e9}}
 
 
 def run_compile(settings: Settings, shape: Shape, preset_names: list[str], T: int = 1024, chunk: int = 64, timed: bool = False) -> list[dict]:

@@ -34,6 +34,7 @@ Axis legend: B batch, T time, H heads, D head dim.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +50,9 @@ from miras.ops.state import compute_dtype, resolve_state
 from miras.spec import MemorySpec
 
 MODES = ("chunk", "recurrent")
+# The op with each chunk's step compiled, kept out of an enclosing torch.compile graph: compiling the op itself would
+# unroll its chunk loop (compile time growing with T, minutes at T=4096), while its steps compile once for any T.
+_chunk_miras_compiled_steps = torch.compiler.disable(functools.partial(chunk_miras, compile_steps=True))
 FIXED_WRITE_PRESETS = ("linear_attention", "retnet")  # η ≡ 1
 CONSTANT_DECAY_PRESETS = ("retnet",)  # α is a learned per-head constant
 
@@ -138,6 +142,9 @@ class MirasLayer(nn.Module):
         if spec is None:
             raise ValueError(f"MirasLayer needs a memory preset; ModelConfig.preset={config.preset!r} has none")
         self.spec, self.mode, self.layer_idx = spec, mode, layer_idx
+        # chunk mode: run the op with compiled chunk steps (chunk_miras(compile_steps=True)), outside any enclosing
+        # torch.compile graph; the trainer's --compile sets it. Execution only: not part of the config.
+        self.compile_steps = False
         self.chunk_size = config.chunk_size
         H, D, hidden = config.num_heads, config.head_dim, config.hidden_size
         self.num_heads, self.head_dim = H, D
@@ -229,7 +236,7 @@ class MirasLayer(nn.Module):
         q, k, v, conv = self._qkv(x, cache)
         eta, alpha, theta, delta = self._gates(x)
         state = self._initial_memory(B) if cache is None else cache.state
-        op = chunk_miras if self.mode == "chunk" else naive_recurrent_miras
+        op = naive_recurrent_miras if self.mode == "recurrent" else _chunk_miras_compiled_steps if self.compile_steps else chunk_miras
         o, state = op(
             q, k, v, eta, alpha, spec=self.spec, chunk_size=self.chunk_size, momentum=theta, delta=delta,
             initial_state=state, output_final_state=cache is not None,

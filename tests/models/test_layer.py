@@ -78,6 +78,22 @@ def test_recurrent_mode(preset):
     _close(_layer(preset, "recurrent")(x)[0], _layer(preset, "chunk")(x)[0], "recurrent vs chunk mode")
 
 
+@pytest.mark.slow  # about a minute of compiling on 2 cores; tests/ops/test_compile_steps.py covers the steps in CI
+def test_compile_steps_inside_a_compiled_model():
+    """The trainer's --compile: the layer compiled whole, its op outside the graph with compiled chunk steps (so the
+    compile does not unroll the chunk loop). Output and every gradient equal eager's (float64, inductor reorders sums)."""
+    layer = _layer("moneta")
+    x = torch.randn(2, T, 16, dtype=torch.float64, requires_grad=True)
+    leaves = [x, *layer.parameters()]
+    y, _ = layer(x)
+    grads = torch.autograd.grad(y.square().sum(), leaves)
+    layer.compile_steps = True
+    y_compiled, _ = torch.compile(layer)(x)
+    _close(y_compiled, y, "compiled layer with compiled steps vs eager")
+    for a, b in zip(torch.autograd.grad(y_compiled.square().sum(), leaves), grads):
+        _close(a, b, "gradient of the compiled layer")
+
+
 @pytest.mark.parametrize("overrides", [dict(use_rope=False), dict(conv_size=1), dict(conv_size=2, chunk_size=1)])
 def test_step_options(overrides):
     layer = _layer("yaad", **overrides)
