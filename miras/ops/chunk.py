@@ -272,8 +272,22 @@ def _lag_step(
 @functools.cache
 def _compiled_steps() -> tuple[Callable, Callable]:
     """`_segment` and `_lag_step` under torch.compile with static shapes: one graph per distinct step (a full chunk,
-    the lag token, a partial head or tail), compiled on first use and reused by every chunk of every call."""
-    return torch.compile(_segment, dynamic=False), torch.compile(_lag_step, dynamic=False)
+    the lag token, a partial head or tail), compiled on first use and reused by every chunk of every call. Their
+    tensor arguments are made contiguous first: a chunk's window of the [B, H, T, D] inputs (or of the coefficients
+    of all chunks) has strides that depend on T, and every new stride would be a recompilation (dynamo's limit is 8,
+    after which it silently runs eager)."""
+    segment, lag_step = torch.compile(_segment, dynamic=False), torch.compile(_lag_step, dynamic=False)
+    return (lambda *args, **kwargs: segment(*_contiguous(args), **kwargs)), (lambda *args: lag_step(*_contiguous(args)))
+
+
+def _contiguous(x):
+    """x with every tensor in it (through tuples and NamedTuples) contiguous."""
+    if isinstance(x, torch.Tensor):
+        return x.contiguous()
+    if isinstance(x, tuple):
+        items = [_contiguous(item) for item in x]
+        return type(x)(*items) if hasattr(x, "_fields") else tuple(items)
+    return x
 
 
 def chunk_miras(
