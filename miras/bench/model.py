@@ -5,11 +5,14 @@ prefill, the path `MirasLM.generate` takes). Random token ids: speed does not de
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from miras.bench.report import say
 from miras.bench.timing import Fn, Settings, compare
 from miras.config import ModelConfig
+from miras.layers.miras_layer import use_compiled_steps
 from miras.models import MirasLM
 
 
@@ -19,10 +22,18 @@ def _models(names: tuple[str, ...], size: str, max_len: int, device, dtype) -> d
             for name in names}
 
 
-def run_train(settings: Settings, names: tuple[str, ...], size: str, seq_lens: list[int], batch: int) -> dict:
+def run_train(settings: Settings, names: tuple[str, ...], size: str, seq_lens: list[int], batch: int,
+              compiled: tuple[str, ...] = ()) -> dict:
     """One optimizer step per call: zero_grad, loss on next-token labels, backward, AdamW.step; the models run
-    round-robin at each T."""
+    round-robin at each T. compiled: these models also run as "NAME --compile", a copy trained the way
+    `miras train --compile` trains (compiled chunk steps, the rest of the model under torch.compile); its first
+    call, a warm-up, compiles."""
     models = _models(names, size, max(seq_lens), settings.device, settings.dtype)
+    forward = dict(models)
+    for name in compiled:
+        models[f"{name} --compile"] = copy.deepcopy(models[name])
+        use_compiled_steps(models[f"{name} --compile"])
+        forward[f"{name} --compile"] = torch.compile(models[f"{name} --compile"])
     rows = []
     for T in seq_lens:
         ids = torch.randint(0, next(iter(models.values())).config.vocab_size, (batch, T), device=settings.device)
@@ -30,7 +41,7 @@ def run_train(settings: Settings, names: tuple[str, ...], size: str, seq_lens: l
         for name, model in models.items():
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-            def step(model=model, opt=opt):
+            def step(model=forward[name], opt=opt):
                 opt.zero_grad(set_to_none=True)
                 model(ids, labels=ids).loss.backward()
                 opt.step()
@@ -41,7 +52,10 @@ def run_train(settings: Settings, names: tuple[str, ...], size: str, seq_lens: l
             rows.append({"model": name, "params": models[name].num_parameters(), "T": T, "batch": batch, **t.to_dict(),
                          "tokens_per_s": batch * T / t.median})
         say(f"[model train] T={T}: " + ", ".join(f"{n} {batch * T / t.median:.0f} tok/s" for n, t in timings.items()))
-    return {"config": f"size {size!r}, batch {batch}, AdamW", "rows": rows}
+    how = f"size {size!r}, batch {batch}, AdamW"
+    if compiled:
+        how += "; NAME --compile: trained as by `miras train --compile` (compiled chunk steps, the rest under torch.compile)"
+    return {"config": how, "rows": rows}
 
 
 def run_decode(settings: Settings, names: tuple[str, ...], size: str, contexts: list[int], steps: int) -> dict:
@@ -77,6 +91,7 @@ def run_decode(settings: Settings, names: tuple[str, ...], size: str, contexts: 
 
 def run_model(settings: Settings, *, names: tuple[str, ...], size: str, train_seq_lens: list[int], batch: int,
               decode_contexts: list[int], decode_steps: int) -> dict:
-    """Both model benchmarks; names[0] is the Miras model whose decode ratio is checked against the target."""
-    return {"train": run_train(settings, names, size, train_seq_lens, batch),
+    """Both model benchmarks; names[0] is the Miras model whose decode ratio is checked against the target, and
+    which also trains with --compile."""
+    return {"train": run_train(settings, names, size, train_seq_lens, batch, compiled=names[:1]),
             "decode": run_decode(settings, names, size, decode_contexts, decode_steps)}

@@ -57,6 +57,14 @@ FIXED_WRITE_PRESETS = ("linear_attention", "retnet")  # η ≡ 1
 CONSTANT_DECAY_PRESETS = ("retnet",)  # α is a learned per-head constant
 
 
+def use_compiled_steps(module: nn.Module) -> None:
+    """Every MirasLayer in `module` runs its op with compiled chunk steps, outside any enclosing torch.compile graph
+    (what `miras train --compile` does before compiling the model)."""
+    for layer in module.modules():
+        if isinstance(layer, MirasLayer):
+            layer.compile_steps = True
+
+
 @dataclass(frozen=True)
 class MirasLayerCache:
     """What a MirasLayer carries between calls. state: the memory op's state (it finishes an unfinished chunk

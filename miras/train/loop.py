@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from miras.config import ModelConfig
 from miras.data import CORPORA, Tokenizer, TokenBatches, iter_documents, load_corpus, token_stream
 from miras.eval.metrics import NLLAccumulator, perplexity
-from miras.layers.miras_layer import Gate, MirasLayer
+from miras.layers.miras_layer import Gate, use_compiled_steps
 from miras.models import MirasLM
 from miras.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from miras.train.config import ConfigError, TrainConfig, changed_fields, resume_config
@@ -344,10 +344,8 @@ def _train(config: TrainConfig, distributed: Distributed) -> TrainResult:
     torch.manual_seed(config.seed)  # right before the model: every rank builds the same initial weights
     model = MirasLM(model_config).to(device)
     trained = parallelize(model, config.parallel, distributed)  # FSDP shards `model` in place; DDP wraps it
-    if config.compile:  # the memory ops run with compiled chunk steps, outside the model's graph (MirasLayer)
-        for layer in model.modules():
-            if isinstance(layer, MirasLayer):
-                layer.compile_steps = True
+    if config.compile:  # the memory ops run with compiled chunk steps, outside the model's graph
+        use_compiled_steps(model)
     forward_model = torch.compile(trained) if config.compile else trained
     optimizer = torch.optim.AdamW(  # after parallelize: under FSDP the parameters are now the shards
         param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas,

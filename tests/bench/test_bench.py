@@ -171,3 +171,5 @@ def test_main_model_and_memory_sections(tmp_path):
     for words in ("naive_recurrent_miras", "chunk_miras(compile_steps=True) speed-up", "peak memory", "decode latency"):
         assert words in checks
     assert "## Model level" in (tmp_path / "bench.md").read_text()
+    trained = {r["model"] for r in results["model"]["train"]["rows"]}
+    assert trained == {"moneta", "moneta --compile", "transformer"}
