@@ -50,11 +50,16 @@ from miras.ops.state import compute_dtype, resolve_state
 from miras.spec import MemorySpec
 
 MODES = ("chunk", "recurrent")
-# The op with each chunk's step compiled, kept out of an enclosing torch.compile graph: compiling the op itself would
-# unroll its chunk loop (compile time growing with T, minutes at T=4096), while its steps compile once for any T.
-_chunk_miras_compiled_steps = torch.compiler.disable(functools.partial(chunk_miras, compile_steps=True))
 FIXED_WRITE_PRESETS = ("linear_attention", "retnet")  # η ≡ 1
 CONSTANT_DECAY_PRESETS = ("retnet",)  # α is a learned per-head constant
+
+
+@functools.cache
+def _chunk_miras_compiled_steps():
+    """The op with each chunk's step compiled, kept out of an enclosing torch.compile graph: compiling the op itself
+    would unroll its chunk loop (compile time growing with T, minutes at T=4096), while its steps compile once for
+    any T. Built on first use: torch.compiler.disable imports dynamo (a second at start-up)."""
+    return torch.compiler.disable(functools.partial(chunk_miras, compile_steps=True))
 
 
 def use_compiled_steps(module: nn.Module) -> None:
@@ -244,7 +249,7 @@ class MirasLayer(nn.Module):
         q, k, v, conv = self._qkv(x, cache)
         eta, alpha, theta, delta = self._gates(x)
         state = self._initial_memory(B) if cache is None else cache.state
-        op = naive_recurrent_miras if self.mode == "recurrent" else _chunk_miras_compiled_steps if self.compile_steps else chunk_miras
+        op = naive_recurrent_miras if self.mode == "recurrent" else _chunk_miras_compiled_steps() if self.compile_steps else chunk_miras
         o, state = op(
             q, k, v, eta, alpha, spec=self.spec, chunk_size=self.chunk_size, momentum=theta, delta=delta,
             initial_state=state, output_final_state=cache is not None,

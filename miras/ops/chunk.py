@@ -314,7 +314,7 @@ def chunk_miras(
         chunk_size: tokens per chunk; every gradient in a chunk is taken at the chunk's anchor. Any T works.
         initial_state: None (zeros, linear memory only), the memory weights, or a MirasState.
         compile_steps: run each chunk's step through torch.compile (README section 7): the elementwise work on the
-            memory weights fuses (Moneta fwd+bwd 1.7x at T=2048 on 2 CPU cores) and compilation costs seconds once,
+            memory weights fuses (Moneta fwd+bwd 1.7x at T=2048 on 2 CPU cores), and compiling costs ~20 s once,
             whatever T, where compiling the whole op unrolls its chunk loop (minutes at T=4096). The same
             function (tested); the first call per step shape compiles. No effect under an enclosing torch.compile.
     Returns:
