@@ -276,7 +276,7 @@ def run_naive(settings: Settings, shape: Shape, preset: str = "moneta", T: int =
     spec = presets.get(preset)
     dev, dt = settings.device, settings.dtype
     fast = op_call(chunk_miras, spec, shape, T, chunk, dev, dt)
-    steps = fast.with_op(functools.partial(chunk_miras, compile_steps=True))
+    steps = fast.with_op(grid_op(preset + COMPILE_STEPS)[0])
     slow = fast.with_op(naive_recurrent_miras)
     short = op_call(naive_recurrent_miras, spec, shape, chunk, chunk, dev, dt)
     timings = compare(
@@ -465,18 +465,19 @@ def _titans_config(settings: Settings, NeuralMemory, preset_names, dim, heads, h
     m, k, n = MATMUL_SHAPE
     roof = 2 * m * k * n / timings.pop("matmul").median  # FLOP/s
     ref = B * T / timings[reference].median
-    rows, counted = [], {}
+    # The ceiling: every matmul FLOP of one fwd+bwd (counted by torch in the eager op; the compiled steps do the same
+    # matmuls) at the measured matmul rate, nothing else. (FlopCounterMode's module hooks reject a leaf module input
+    # under autograd.grad: count with x·1.)
+    counted = {base: counted_flops(fn(modules[base], x * 1.0))
+               for base in dict.fromkeys(name.removesuffix(COMPILE_STEPS) for name in preset_names)}
+    rows = []
     for name, t in timings.items():
         tps = B * T / t.median
         # NeuralMemory's parameters() also hold the template MLP its per-head weights are copied from (no gradient).
         row = {"name": name, "params": sum(p.numel() for p in modules[name].parameters()), "memory_params": memory_params[name],
                **t.to_dict(), "tokens_per_s": tps, "speedup_vs_titans_pytorch": tps / ref}
         if name not in theirs:
-            # The ceiling: every matmul FLOP of one fwd+bwd (counted by torch in the eager op; the compiled steps do
-            # the same matmuls) at the measured matmul rate, nothing else.
-            base = name.removesuffix(COMPILE_STEPS)
-            # (FlopCounterMode's module hooks reject a leaf module input under autograd.grad: count with x·1.)
-            flops = counted[base] if base in counted else counted.setdefault(base, counted_flops(fn(modules[base], x * 1.0)))
+            flops = counted[name.removesuffix(COMPILE_STEPS)]
             row |= {"flops_fwdbwd_counted": flops, "fraction_of_matmul": flops / t.median / roof,
                     "roof_tokens_per_s": B * T * roof / flops, "roof_speedup_vs_titans_pytorch": B * T * roof / flops / ref}
         rows.append(row)

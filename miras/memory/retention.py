@@ -22,15 +22,20 @@ from miras.memory.bias import smooth_abs_pow, smooth_sign
 from miras.spec import MemorySpec
 
 
+def _lq_total(a: torch.Tensor, q: float, floor: float) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """(A² for q = 4 else None, total = max(Σ|A|^q, floor^q) = n^q, whether the floor is off) per weight matrix.
+
+    The floor keeps A = 0 (and any small A) finite, so no ε is needed in the norm; n^{q-2} then comes from the
+    clamped sum, never the root of 0 (its gradient is infinite). q = 4 (Moneta) without a pow; otherwise |a|^q,
+    not (a²)^{q/2}, whose gradient is NaN at a = 0 for q < 2."""
+    sq = a * a if q == 4.0 else None
+    powered = sq * sq if sq is not None else a.abs() ** q
+    total = powered.sum(dim=(-2, -1), keepdim=True)
+    return sq, total.clamp_min(floor**q), total > floor**q
+
+
 def _lq(spec: MemorySpec, a: torch.Tensor) -> torch.Tensor:
-    # the floor keeps A = 0 (and any small A) finite, so no ε is needed in the norm; q = 4 (Moneta) without a pow
-    if spec.q == 4.0:
-        sq = a * a
-        powered = sq * sq
-    else:  # |a|^q, not (a²)^{q/2}: the latter's gradient is NaN at a = 0 for q < 2
-        powered = a.abs() ** spec.q
-    # n^{q-2} with n = max(‖A‖_q, floor), from the clamped sum: never the root of 0 (its gradient is infinite)
-    total = powered.sum(dim=(-2, -1), keepdim=True).clamp_min(spec.lq_floor**spec.q)
+    _, total, _ = _lq_total(a, spec.q, spec.lq_floor)
     scale = total ** ((spec.q - 2.0) / spec.q)
     if spec.lq_map == "mirror":
         return smooth_sign(spec, a) * smooth_abs_pow(spec, a, spec.q - 1.0) / scale
@@ -56,14 +61,6 @@ def retention_map(spec: MemorySpec, accum: tuple[torch.Tensor, ...]) -> tuple[to
     if fn is None:
         return accum
     return tuple(fn(spec, a) for a in accum)
-
-
-def _lq_total(a: torch.Tensor, q: float, floor: float) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """(A² for q = 4 else None, total = max(Σ|A|^q, floor^q), whether the floor is off) per weight matrix."""
-    sq = a * a
-    powered = sq * sq if q == 4.0 else a.abs() ** q
-    total = powered.sum(dim=(-2, -1), keepdim=True)
-    return (sq if q == 4.0 else None), total.clamp_min(floor**q), total > floor**q
 
 
 class _LqLiteral(torch.autograd.Function):
