@@ -15,7 +15,7 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from miras.memory.architecture import activation, activation_derivative, memory_forward
+from miras.memory.architecture import activation, activation_derivative
 from miras.memory.bias import upstream
 from miras.memory.retention import fused_retention_map
 from miras.ops.linear_chunks import group_size, linear_chunks, linear_chunks_apply
@@ -58,8 +58,21 @@ class _Coefficients(NamedTuple):
         return [_Coefficients(*(None if f is None else f[j] for f in fields)) for j in range(count)]
 
 
-def _coefficients(eta: torch.Tensor, alpha: torch.Tensor | None, theta: torch.Tensor | None) -> _Coefficients:
-    """Gates [..., n] -> the chunk's coefficients; any leading dims (all chunks at once when they are [B, H, N])."""
+def _coefficients(
+    eta: torch.Tensor, alpha: torch.Tensor | None, theta: torch.Tensor | None, lag_row: bool = False
+) -> _Coefficients:
+    """Gates [..., n] -> the chunk's coefficients; any leading dims (all chunks at once when they are [B, H, N]).
+
+    lag_row: the first token is the chunk's lag token, already applied by `_lag_step`. Its row is that of a token
+    that changes nothing (a = 1, b = 0, a zero row and column of C, d_end = 0), so the segment reads it at the
+    segment's base weights, which is its output, and the linear part runs on full-size matmuls (README section 7).
+    """
+    if lag_row:
+        a, c, b, s_end, d_end = _coefficients(
+            eta[..., 1:], None if alpha is None else alpha[..., 1:], None if theta is None else theta[..., 1:]
+        )
+        pad = (lambda x: None if x is None else F.pad(x, (1, 0)))
+        return _Coefficients(F.pad(a, (1, 0), value=1.0), F.pad(c, (1, 0, 1, 0)), pad(b), s_end, pad(d_end))
     n = eta.shape[-1]
     if alpha is None:  # retention "none": every product is 1
         p_alpha = eta.new_ones(n + 1, n + 1).tril().expand(*eta.shape[:-1], n + 1, n + 1)
@@ -194,15 +207,15 @@ class _Tokens(NamedTuple):
         parts = [None if x is None else torch.split(x, sizes, dim=2) for x in self]
         return [_Tokens(*(None if p is None else p[j] for p in parts)) for j in range(len(sizes))]
 
-    def chunks(self, start: int, count: int, size: int, skip: int) -> "_Tokens":
-        """`count` chunks of `size` from `start`, each without its first `skip` tokens: [B, H, N, size - skip, ...]."""
+    def chunks(self, start: int, count: int, size: int) -> "_Tokens":
+        """`count` chunks of `size` from `start`: [B, H, N, size, ...]."""
         end = start + count * size
 
         def split(x: torch.Tensor | None) -> torch.Tensor | None:
             if x is None:
                 return None
             x = x[:, :, start:end]
-            return x.reshape(*x.shape[:2], count, size, *x.shape[3:])[:, :, :, skip:]
+            return x.reshape(*x.shape[:2], count, size, *x.shape[3:])
 
         return _Tokens(*(split(x) for x in self))
 
@@ -217,16 +230,18 @@ def _segment(
     coef: _Coefficients | None = None,
     scores0: torch.Tensor | None = None,
     keep_read: bool = True,
+    lag_row: bool = False,
 ) -> tuple[torch.Tensor, Weights, Weights | None, Weights | None, Weights]:
     """Tokens of one chunk that all take their gradient at `anchor` and update linearly.
 
     read0 is the read weights before the segment (None: the same as mem0). coef/scores0: precomputed for this chunk
     (computed here when None). keep_read=False: the caller needs no read weights after the segment (it ends a chunk,
-    and the next chunk's lag step maps the accumulator afresh). Returns (o [B, H, n, V], memory after, momentum
-    after, read weights after (None when read0 is None or not keep_read), anchor after).
+    and the next chunk's lag step maps the accumulator afresh). lag_row: the first token is the chunk's lag token,
+    whose step `_lag_step` took; here it is only read (see `_coefficients`). Returns (o [B, H, n, V], memory after,
+    momentum after, read weights after (None when read0 is None or not keep_read), anchor after).
     """
     if coef is None:
-        coef = _coefficients(tokens.eta, tokens.alpha, tokens.theta)
+        coef = _coefficients(tokens.eta, tokens.alpha, tokens.theta, lag_row)
     gamma = coef.a if spec.gradient_at == "retained" else None
     inputs, deltas = _anchor_gradients(spec, anchor, tokens.k, tokens.v, tokens.delta, gamma)
     o = _dual_read(spec, mem0 if read0 is None else read0, mom0, coef, inputs, deltas, tokens.q, scores0)
@@ -251,33 +266,57 @@ def _segment(
 
 def _lag_step(
     spec: MemorySpec, mem0: Weights, mom0: Weights | None, tokens: _Tokens
-) -> tuple[torch.Tensor, Weights, Weights | None, Weights]:
+) -> tuple[Weights, Weights | None, Weights]:
     """The lag token of a non-linear retention (README section 1): one exact step at φ(A'), then W_s = φ(A_s).
-    tokens holds one token. Returns (o [B, H, 1, V], accumulator after, momentum after, W_s)."""
-    inputs, deltas = _anchor_gradients(spec, fused_retention_map(spec, mem0), tokens.k, tokens.v, tokens.delta, None)
-    minus_eta = -tokens.eta[..., None]  # [B, H, 1, 1]
+    The lag token is the first of `tokens` (the chunk's segment, which then reads it: `_segment(lag_row=True)`).
+    Returns (accumulator after, momentum after, W_s)."""
+    k, v = tokens.k[:, :, :1], tokens.v[:, :, :1]
+    delta = None if tokens.delta is None else tokens.delta[:, :, :1]
+    inputs, deltas = _anchor_gradients(spec, fused_retention_map(spec, mem0), k, v, delta, None)
+    minus_eta = -tokens.eta[:, :, :1, None]  # [B, H, 1, 1]
     # -η g, with η applied to the one-token delta rather than to the weight-sized gradient
     steps = [(minus_eta * d).transpose(-1, -2) @ x for d, x in zip(deltas, inputs)]  # [B, H, out, in]
-    alpha = tokens.alpha[..., None]
+    alpha = tokens.alpha[:, :, :1, None]
     if mom0 is None:
         mom = None
         mem = tuple(torch.addcmul(u, alpha, m) for m, u in zip(mem0, steps))
     else:
-        mom = tuple(torch.addcmul(u, tokens.theta[..., None], s) for s, u in zip(mom0, steps))
+        mom = tuple(torch.addcmul(u, tokens.theta[:, :, :1, None], s) for s, u in zip(mom0, steps))
         mem = tuple(torch.addcmul(s, alpha, m) for m, s in zip(mem0, mom))
-    read = fused_retention_map(spec, mem)
-    return memory_forward(spec, read, tokens.q), mem, mom, read
+    return mem, mom, fused_retention_map(spec, mem)
+
+
+def _step(
+    spec: MemorySpec,
+    anchor: Weights | None,
+    read0: Weights | None,
+    mem0: Weights,
+    mom0: Weights | None,
+    tokens: _Tokens,
+    coef: _Coefficients | None = None,
+    scores0: torch.Tensor | None = None,
+    keep_read: bool = True,
+) -> tuple[torch.Tensor, Weights, Weights | None, Weights | None, Weights]:
+    """One segment of a chunk: `_segment`, preceded at a chunk start (anchor None) by what starts a chunk: the lag
+    token's step for a non-linear retention, else the state at the boundary as the anchor. One function, so that
+    compile_steps makes one graph of it."""
+    lag_row = anchor is None and spec.nonlinear_retention
+    if lag_row:  # the anchor and the read weights are W_s = φ(A_s)
+        mem0, mom0, read0 = _lag_step(spec, mem0, mom0, tokens)
+        anchor = read0
+    elif anchor is None:  # linear retention: the anchor is the state at the chunk boundary
+        anchor, read0 = mem0, None
+    return _segment(spec, anchor, read0, mem0, mom0, tokens, coef, scores0, keep_read, lag_row)
 
 
 @functools.cache
-def _compiled_steps() -> tuple[Callable, Callable]:
-    """`_segment` and `_lag_step` under torch.compile with static shapes: one graph per distinct step (a full chunk,
-    the lag token, a partial head or tail), compiled on first use and reused by every chunk of every call. Their
-    tensor arguments are made contiguous first: a chunk's window of the [B, H, T, D] inputs (or of the coefficients
-    of all chunks) has strides that depend on T, and every new stride would be a recompilation (dynamo's limit is 8,
-    after which it silently runs eager)."""
-    segment, lag_step = torch.compile(_segment, dynamic=False), torch.compile(_lag_step, dynamic=False)
-    return (lambda *args, **kwargs: segment(*_contiguous(args), **kwargs)), (lambda *args: lag_step(*_contiguous(args)))
+def _compiled_step() -> Callable:
+    """`_step` under torch.compile with static shapes: one graph per distinct step (a full chunk, a partial head or
+    tail), compiled on first use and reused by every chunk of every call. Its tensor arguments are made contiguous
+    first: a chunk's window of the [B, H, T, D] inputs (or of the coefficients of all chunks) has strides that depend
+    on T, and every new stride would be a recompilation (dynamo's limit is 8, after which it silently runs eager)."""
+    step = torch.compile(_step, dynamic=False)
+    return lambda *args, **kwargs: step(*_contiguous(args), **kwargs)
 
 
 def _contiguous(x):
@@ -327,57 +366,47 @@ def chunk_miras(
     state = resolve_state(spec, initial_state, B, H, K, v.shape[-1], dt, q.device, chunk_size)
     tokens = _Tokens(*(None if x is None else x.to(dt).transpose(1, 2) for x in (q, k, v, eta, alpha, momentum, delta)))
 
-    # The segments: a lag token at each chunk start (non-linear retention), then the chunk's linear part.
-    lag = 1 if spec.nonlinear_retention else 0
-    plan = []  # (is_lag, length, index among the full chunks or -1 (or _LINEAR_GROUP), starts a chunk)
+    # The segments: each chunk's tokens (the first and last chunk may be partial; `_step` says what starts a chunk).
+    plan = []  # (length, index among the full chunks or -1 (or _LINEAR_GROUP), starts a chunk)
     t, pos, full = 0, state.offset, 0
     while t < T:
-        if pos == 0 and lag:
-            plan.append((True, 1, -1, True))
-            t, pos = t + 1, 1 % chunk_size
-            continue
         n = min(chunk_size - pos, T - t)
-        is_full = pos == lag and n == chunk_size - lag
-        plan.append((False, n, full if is_full else -1, pos == 0))
-        full += is_full
+        plan.append((n, full if n == chunk_size else -1, pos == 0))
+        full += n == chunk_size
         t, pos = t + n, (pos + n) % chunk_size
 
     # A linear memory with an affine update takes its full chunks in a few segments of many chunks each
     # (miras/ops/linear_chunks.py).
     affine_path = full > 0 and linear_chunks_apply(spec)
     if affine_path:
-        first = next(i for i, p in enumerate(plan) if p[2] >= 0)
+        first = next(i for i, p in enumerate(plan) if p[1] >= 0)
         group = group_size(spec, B, H, chunk_size, K) or full
         plan[first : first + full] = [
-            (False, min(group, full - j) * chunk_size, _LINEAR_GROUP, True) for j in range(0, full, group)
+            (min(group, full - j) * chunk_size, _LINEAR_GROUP, True) for j in range(0, full, group)
         ]
 
     # The full chunks' gate coefficients and first-layer scores (Q Kᵀ) ⊙ C do not depend on the memory: compute them
     # for all full chunks in one batched call.
     coefs, scores = [None] * full, [None] * full
     if full and not affine_path:
-        first = (chunk_size - state.offset) % chunk_size
-        body = tokens.chunks(first, full, chunk_size, lag)
-        coef_all = _coefficients(body.eta, body.alpha, body.theta)
+        body = tokens.chunks((chunk_size - state.offset) % chunk_size, full, chunk_size)
+        coef_all = _coefficients(body.eta, body.alpha, body.theta, spec.nonlinear_retention)
         coefs = coef_all.unbind()
         if spec.gradient_at == "anchor":
             scores = ((body.q @ body.k.transpose(-1, -2)) * coef_all.c).unbind(2)
 
-    segment, lag_step = _compiled_steps() if compile_steps and not torch.compiler.is_compiling() else (_segment, _lag_step)
+    step = _compiled_step() if compile_steps and not torch.compiler.is_compiling() else _step
     mem, mom, anchor, read = state.memory, state.momentum, state.anchor, state.read
     outputs = []
-    for (is_lag, _, j, starts_chunk), part in zip(plan, tokens.split([p[1] for p in plan])):
-        if is_lag:
-            o, mem, mom, read = lag_step(spec, mem, mom, part)
-            anchor = read
-        elif j == _LINEAR_GROUP:
+    for (_, j, starts_chunk), part in zip(plan, tokens.split([p[0] for p in plan])):
+        if j == _LINEAR_GROUP:
             body = _Tokens(*(None if x is None else x.unflatten(2, (-1, chunk_size)) for x in part))
             o, w = linear_chunks(spec, mem[0], body.q, body.k, body.v, body.eta, body.alpha)
             o, mem, anchor, read = o.flatten(2, 3), (w,), (w,), None
         else:
-            if starts_chunk:  # linear retention: the anchor is the state at the chunk boundary
-                anchor, read = mem, None
-            o, mem, mom, read, anchor = segment(
+            if starts_chunk:
+                anchor, read = None, None
+            o, mem, mom, read, anchor = step(
                 spec, anchor, read, mem, mom, part, coefs[j] if j >= 0 else None, scores[j] if j >= 0 else None,
                 keep_read=j < 0,  # a full chunk ends at a chunk boundary
             )

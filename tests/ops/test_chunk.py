@@ -76,7 +76,7 @@ def test_chunk_random_specs(index, spec, T, chunk_size):
 
 
 @pytest.mark.parametrize("preset", ["moneta", "yaad", "memora", "titans", "gated_deltanet"])
-@pytest.mark.parametrize("split", [16, 21])  # a chunk boundary, and inside a chunk
+@pytest.mark.parametrize("split", [16, 17, 21])  # a chunk boundary, just after a lag token, inside a chunk
 def test_chaining(preset, split):
     spec = presets.get(preset)
     T, chunk_size = 40, 8
