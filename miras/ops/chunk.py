@@ -18,27 +18,15 @@ import torch.nn.functional as F
 from miras.memory.architecture import activation, activation_derivative
 from miras.memory.bias import upstream
 from miras.memory.retention import fused_retention_map
-from miras.ops.linear_chunks import group_size, linear_chunks, linear_chunks_apply
+from miras.ops.linear_chunks import group_size, linear_chunks, linear_chunks_apply, masked_decay
 from miras.ops.state import TINY_GATE, MirasState, Weights, check_inputs, compute_dtype, resolve_state
 from miras.spec import MemorySpec
 
-# The plan's chunk index of a segment that holds a group of full chunks of a linear memory (linear_chunks).
-_LINEAR_GROUP = -2
-
-
-def _segsum(x: torch.Tensor) -> torch.Tensor:
-    """x [..., m] -> [..., m, m] with out[t, j] = sum_{j < l <= t} x_l for j <= t, -inf above the diagonal."""
-    m = x.shape[-1]
-    xx = x.unsqueeze(-1).expand(*x.shape, m)  # xx[..., l, j] = x_l
-    strict = torch.ones(m, m, dtype=torch.bool, device=x.device).tril(-1)
-    sums = torch.cumsum(xx.masked_fill(~strict, 0.0), dim=-2)
-    return sums.masked_fill(~strict.logical_or(torch.eye(m, dtype=torch.bool, device=x.device)), float("-inf"))
-
-
 def _decay_products(gate: torch.Tensor) -> torch.Tensor:
-    """gate [B, H, n] -> P [B, H, n+1, n+1], P[t, j] = prod_{j < l <= t} gate_l (index 0 is the chunk's base)."""
-    logs = torch.log(gate.clamp_min(TINY_GATE))
-    return torch.exp(_segsum(F.pad(logs, (1, 0))))
+    """gate [B, H, n] -> P [B, H, n+1, n+1], P[t, j] = prod_{j < l <= t} gate_l (index 0 is the chunk's base), zero
+    above the diagonal: exp(L_t - L_j) from the cumulative log gates L (README section 3)."""
+    logs = F.pad(torch.log(gate.clamp_min(TINY_GATE)).cumsum(-1), (1, 0))
+    return masked_decay(logs, logs)
 
 
 class _Coefficients(NamedTuple):
@@ -52,8 +40,8 @@ class _Coefficients(NamedTuple):
     d_end: torch.Tensor | None  # [..., n]
 
     def unbind(self) -> list["_Coefficients"]:
-        """A [B, H, N, ...] batch -> one _Coefficients per chunk (unbind, so that backward stacks once)."""
-        fields = [None if x is None else x.unbind(2) for x in self]
+        """A chunk-major [N, ...] batch -> one _Coefficients per chunk (unbind, so that backward stacks once)."""
+        fields = [None if x is None else x.unbind(0) for x in self]
         count = fields[0].__len__()
         return [_Coefficients(*(None if f is None else f[j] for f in fields)) for j in range(count)]
 
@@ -61,7 +49,7 @@ class _Coefficients(NamedTuple):
 def _coefficients(
     eta: torch.Tensor, alpha: torch.Tensor | None, theta: torch.Tensor | None, lag_row: bool = False
 ) -> _Coefficients:
-    """Gates [..., n] -> the chunk's coefficients; any leading dims (all chunks at once when they are [B, H, N]).
+    """Gates [..., n] -> the chunk's coefficients; any leading dims (all chunks at once when they are [N, B, H]).
 
     lag_row: the first token is the chunk's lag token, already applied by `_lag_step`. Its row is that of a token
     that changes nothing (a = 1, b = 0, a zero row and column of C, d_end = 0), so the segment reads it at the
@@ -207,17 +195,10 @@ class _Tokens(NamedTuple):
         parts = [None if x is None else torch.split(x, sizes, dim=2) for x in self]
         return [_Tokens(*(None if p is None else p[j] for p in parts)) for j in range(len(sizes))]
 
-    def chunks(self, start: int, count: int, size: int) -> "_Tokens":
-        """`count` chunks of `size` from `start`: [B, H, N, size, ...]."""
-        end = start + count * size
-
-        def split(x: torch.Tensor | None) -> torch.Tensor | None:
-            if x is None:
-                return None
-            x = x[:, :, start:end]
-            return x.reshape(*x.shape[:2], count, size, *x.shape[3:])
-
-        return _Tokens(*(split(x) for x in self))
+    def unbind(self) -> list["_Tokens"]:
+        """Chunk-major [N, B, H, n, ...] tokens -> one window per chunk."""
+        parts = [None if x is None else x.unbind(0) for x in self]
+        return [_Tokens(*(None if p is None else p[j] for p in parts)) for j in range(len(parts[0]))]
 
 
 def _segment(
@@ -366,54 +347,54 @@ def chunk_miras(
     state = resolve_state(spec, initial_state, B, H, K, v.shape[-1], dt, q.device, chunk_size)
     tokens = _Tokens(*(None if x is None else x.to(dt).transpose(1, 2) for x in (q, k, v, eta, alpha, momentum, delta)))
 
-    # The segments: each chunk's tokens (the first and last chunk may be partial; `_step` says what starts a chunk).
-    plan = []  # (length, index among the full chunks or -1 (or _LINEAR_GROUP), starts a chunk)
-    t, pos, full = 0, state.offset, 0
-    while t < T:
-        n = min(chunk_size - pos, T - t)
-        plan.append((n, full if n == chunk_size else -1, pos == 0))
-        full += n == chunk_size
-        t, pos = t + n, (pos + n) % chunk_size
-
-    # A linear memory with an affine update takes its full chunks in a few segments of many chunks each
-    # (miras/ops/linear_chunks.py).
-    affine_path = full > 0 and linear_chunks_apply(spec)
-    if affine_path:
-        first = next(i for i, p in enumerate(plan) if p[1] >= 0)
+    # The windows: a partial head (finishing the chunk that `initial_state` left open), the full chunks, a partial
+    # tail that `output_final_state` leaves open. Each is a step (`_step` says what starts a chunk).
+    head = min(T, (chunk_size - state.offset) % chunk_size)
+    full = (T - head) // chunk_size
+    tail = T - head - full * chunk_size
+    parts = iter(tokens.split([n for n in (head, full * chunk_size, tail) if n]))
+    head_part, body, tail_part = (next(parts) if n else None for n in (head, full, tail))
+    steps = []  # (kind: head, full, tail or linear (a group of full chunks), tokens, coefficients, first-layer scores)
+    if head:
+        steps.append(("head", head_part, None, None))
+    if full and linear_chunks_apply(spec):
+        # A linear memory with an affine update takes its full chunks in a few groups of many chunks each
+        # (miras/ops/linear_chunks.py).
         group = group_size(spec, B, H, chunk_size, K) or full
-        plan[first : first + full] = [
-            (min(group, full - j) * chunk_size, _LINEAR_GROUP, True) for j in range(0, full, group)
-        ]
-
-    # The full chunks' gate coefficients and first-layer scores (Q Kᵀ) ⊙ C do not depend on the memory: compute them
-    # for all full chunks in one batched call.
-    coefs, scores = [None] * full, [None] * full
-    if full and not affine_path:
-        body = tokens.chunks((chunk_size - state.offset) % chunk_size, full, chunk_size)
+        groups = body.split([min(group, full - j) * chunk_size for j in range(0, full, group)])
+        steps += [("linear", g, None, None) for g in groups]
+    elif full:
+        # Chunk-major [N, B, H, n, ...] in one copy: each chunk's tensors are then contiguous, which compile_steps
+        # needs (a window of [B, H, T, D] has T-dependent strides, each a recompilation) and eager matmuls like.
+        # The gate coefficients and first-layer scores (Q Kᵀ) ⊙ C do not depend on the memory: computed for all full
+        # chunks at once.
+        body = _Tokens(*(None if x is None else x.unflatten(2, (full, chunk_size)).movedim(2, 0).contiguous() for x in body))
         coef_all = _coefficients(body.eta, body.alpha, body.theta, spec.nonlinear_retention)
-        coefs = coef_all.unbind()
+        scores = [None] * full
         if spec.gradient_at == "anchor":
-            scores = ((body.q @ body.k.transpose(-1, -2)) * coef_all.c).unbind(2)
+            scores = ((body.q @ body.k.transpose(-1, -2)) * coef_all.c).unbind(0)
+        steps += [("full", *step) for step in zip(body.unbind(), coef_all.unbind(), scores)]
+    if tail:
+        steps.append(("tail", tail_part, None, None))
 
     step = _compiled_step() if compile_steps and not torch.compiler.is_compiling() else _step
     mem, mom, anchor, read = state.memory, state.momentum, state.anchor, state.read
     outputs = []
-    for (_, j, starts_chunk), part in zip(plan, tokens.split([p[0] for p in plan])):
-        if j == _LINEAR_GROUP:
-            body = _Tokens(*(None if x is None else x.unflatten(2, (-1, chunk_size)) for x in part))
-            o, w = linear_chunks(spec, mem[0], body.q, body.k, body.v, body.eta, body.alpha)
+    for kind, part, coef, scores0 in steps:
+        if kind == "linear":
+            group = _Tokens(*(None if x is None else x.unflatten(2, (-1, chunk_size)) for x in part))
+            o, w = linear_chunks(spec, mem[0], group.q, group.k, group.v, group.eta, group.alpha)
             o, mem, anchor, read = o.flatten(2, 3), (w,), (w,), None
         else:
-            if starts_chunk:
+            if kind != "head":  # the step starts a chunk
                 anchor, read = None, None
-            o, mem, mom, read, anchor = step(
-                spec, anchor, read, mem, mom, part, coefs[j] if j >= 0 else None, scores[j] if j >= 0 else None,
-                keep_read=j < 0,  # a full chunk ends at a chunk boundary
-            )
+            # a full chunk ends at a chunk boundary: the next step needs no read weights
+            o, mem, mom, read, anchor = step(spec, anchor, read, mem, mom, part, coef, scores0, keep_read=kind != "full")
         outputs.append(o)
     o = (outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)).transpose(1, 2).to(q.dtype)  # [B, T, H, V]
     if not output_final_state:
         return o, None
-    if pos == 0:
+    offset = (state.offset + T) % chunk_size
+    if offset == 0:
         return o, MirasState(mem, mom)
-    return o, MirasState(mem, mom, pos, anchor, read)
+    return o, MirasState(mem, mom, offset, anchor, read)

@@ -102,7 +102,7 @@ class _DecayedScores(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qk: torch.Tensor, logs: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-        c = _masked_decay(logs, base)
+        c = masked_decay(logs, base)
         scores = qk * c
         ctx.save_for_backward(qk, logs, base, c, scores)
         return scores
@@ -111,13 +111,13 @@ class _DecayedScores(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         qk, logs, base, c, scores = ctx.saved_tensors
         if torch.is_grad_enabled():  # double backward: the saved c and S have no graph to the inputs
-            c = _masked_decay(logs, base)
+            c = masked_decay(logs, base)
             scores = qk * c
         grad_exponent = grad * scores
         return grad * c, grad_exponent.sum(-1), -grad_exponent.sum(-2)
 
 
-def _masked_decay(logs: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+def masked_decay(logs: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
     """exp(L_t - base_i) for i <= t, 0 above the diagonal; one buffer, built in place."""
     m = logs.shape[-1]
     above = torch.ones(m, m, dtype=torch.bool, device=logs.device).triu(1)
