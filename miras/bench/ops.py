@@ -137,8 +137,9 @@ def op_matmul_flops(spec: MemorySpec, B: int, T: int, H: int, K: int, V: int, ch
         dual read       Σ 2m·i_l·o_l (×2 with momentum)    scores Σ 2m²·i_l    scores·Δ  Σ 2m²·o_l
         end state       Σ 2m·i_l·o_l (×2 with momentum)    momentum's coefficients Pα·Pθ  2(m+1)³
 
-    A non-linear retention (lq, kl, elastic) spends the first token of each chunk on the exact lag step (anchor forward
-    and backward, the gradients and one read: 3·Σ 2·i_l·o_l + Σ_{l≥2} 2·o_l·i_l), so m = chunk - 1 there.
+    A non-linear retention (lq, kl, elastic) adds the exact step of each chunk's first token, the lag token (anchor
+    forward and backward and its gradients: 2·Σ 2·i_l·o_l + Σ_{l≥2} 2·o_l·i_l); the chunk's segment then reads it as
+    its first row, so m is the chunk's length either way.
     The full chunks of a linear memory with an affine update (linear_chunks, README section 6) count instead
 
         Q Kᵀ 2m²K   S V 2m²V   B_j 2mVK   reads Q̃ W_0ᵀ 2mKV   and for l2: S K 2m²K   A_j 2mK²   scan W_j A_j 2VK²
@@ -149,7 +150,7 @@ def op_matmul_flops(spec: MemorySpec, B: int, T: int, H: int, K: int, V: int, ch
     io = sum(o * i for o, i in shapes)
     back = sum(o * i for o, i in shapes[1:])
     ins, outs = sum(i for _, i in shapes), sum(o for o, _ in shapes)
-    lag = 1 if spec.nonlinear_retention else 0
+    lag = 1 if spec.nonlinear_retention else 0  # a chunk starts at every multiple of chunk_size
     mom = spec.algorithm == "momentum"
     total = 0
     affine = linear_chunks_apply(spec)
@@ -160,10 +161,8 @@ def op_matmul_flops(spec: MemorySpec, B: int, T: int, H: int, K: int, V: int, ch
             if spec.bias == "l2":
                 total += 2 * n * n * K + 2 * n * K * K + 2 * V * K * K
             continue
-        m = n - lag
-        total += lag * (6 * io + 2 * back)
-        if m > 0:
-            total += 2 * m * io * (3 + 2 * mom) + 2 * m * back + 2 * m * m * (ins + outs) + mom * 2 * (m + 1) ** 3
+        total += lag * (4 * io + 2 * back)
+        total += 2 * n * io * (3 + 2 * mom) + 2 * n * back + 2 * n * n * (ins + outs) + mom * 2 * (n + 1) ** 3
     return B * H * total
 
 

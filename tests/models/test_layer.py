@@ -41,6 +41,13 @@ def _close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m: f"{what}: {m}")
 
 
+def _close_gradient(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    """Gradients here reach ~1e3 (weights N(0, 0.5)), and a different but equally exact order of the float64 sums
+    moves every entry by ~1e-12 of the largest: the absolute tolerance scales with the tensor, not with each entry."""
+    atol = 1e-10 * max(1.0, float(b.abs().max()))
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=atol, msg=lambda m: f"{what}: {m}")
+
+
 @pytest.mark.parametrize("preset", sorted(presets.PRESETS))
 def test_step(preset):
     layer = _layer(preset)
@@ -69,7 +76,7 @@ def test_chaining(preset, split):
     grads_chained = torch.autograd.grad(torch.cat([y1, y2], 1).square().sum(), leaves, allow_unused=True)
     for a, b in zip(grads_chained, grads):
         if a is not None or b is not None:
-            _close(a, b, "gradient through the chained cache")
+            _close_gradient(a, b, "gradient through the chained cache")
 
 
 @pytest.mark.parametrize("preset", ["moneta", "titans", "ttt_linear"])
