@@ -203,7 +203,7 @@ class _Tokens(NamedTuple):
 
 def _segment(
     spec: MemorySpec,
-    anchor: Weights,
+    anchor: Weights | None,
     read0: Weights | None,
     mem0: Weights,
     mom0: Weights | None,
@@ -211,16 +211,24 @@ def _segment(
     coef: _Coefficients | None = None,
     scores0: torch.Tensor | None = None,
     keep_read: bool = True,
-    lag_row: bool = False,
 ) -> tuple[torch.Tensor, Weights, Weights | None, Weights | None, Weights]:
-    """Tokens of one chunk that all take their gradient at `anchor` and update linearly.
+    """Tokens of one chunk that all take their gradient at `anchor` and update linearly: one step of the op (with
+    compile_steps, one compiled graph).
 
+    anchor None: the segment starts a chunk. With a non-linear retention its first token is the lag token: its step
+    is `_lag_step`, and here it is only read, as a first row that changes nothing (see `_coefficients`); the anchor
+    and read weights are then W_s = φ(A_s). With a linear retention the anchor is the state at the boundary.
     read0 is the read weights before the segment (None: the same as mem0). coef/scores0: precomputed for this chunk
     (computed here when None). keep_read=False: the caller needs no read weights after the segment (it ends a chunk,
-    and the next chunk's lag step maps the accumulator afresh). lag_row: the first token is the chunk's lag token,
-    whose step `_lag_step` took; here it is only read (see `_coefficients`). Returns (o [B, H, n, V], memory after,
-    momentum after, read weights after (None when read0 is None or not keep_read), anchor after).
+    and the next chunk's lag step maps the accumulator afresh). Returns (o [B, H, n, V], memory after, momentum
+    after, read weights after (None when read0 is None or not keep_read), anchor after).
     """
+    lag_row = anchor is None and spec.nonlinear_retention
+    if lag_row:
+        mem0, mom0, read0 = _lag_step(spec, mem0, mom0, tokens)
+        anchor = read0
+    elif anchor is None:
+        anchor, read0 = mem0, None
     if coef is None:
         coef = _coefficients(tokens.eta, tokens.alpha, tokens.theta, lag_row)
     gamma = coef.a if spec.gradient_at == "retained" else None
@@ -249,7 +257,7 @@ def _lag_step(
     spec: MemorySpec, mem0: Weights, mom0: Weights | None, tokens: _Tokens
 ) -> tuple[Weights, Weights | None, Weights]:
     """The lag token of a non-linear retention (README section 1): one exact step at φ(A'), then W_s = φ(A_s).
-    The lag token is the first of `tokens` (the chunk's segment, which then reads it: `_segment(lag_row=True)`).
+    The lag token is the first of `tokens` (the chunk's first segment, which then reads it).
     Returns (accumulator after, momentum after, W_s)."""
     k, v = tokens.k[:, :, :1], tokens.v[:, :, :1]
     delta = None if tokens.delta is None else tokens.delta[:, :, :1]
@@ -267,36 +275,13 @@ def _lag_step(
     return mem, mom, fused_retention_map(spec, mem)
 
 
-def _step(
-    spec: MemorySpec,
-    anchor: Weights | None,
-    read0: Weights | None,
-    mem0: Weights,
-    mom0: Weights | None,
-    tokens: _Tokens,
-    coef: _Coefficients | None = None,
-    scores0: torch.Tensor | None = None,
-    keep_read: bool = True,
-) -> tuple[torch.Tensor, Weights, Weights | None, Weights | None, Weights]:
-    """One segment of a chunk: `_segment`, preceded at a chunk start (anchor None) by what starts a chunk: the lag
-    token's step for a non-linear retention, else the state at the boundary as the anchor. One function, so that
-    compile_steps makes one graph of it."""
-    lag_row = anchor is None and spec.nonlinear_retention
-    if lag_row:  # the anchor and the read weights are W_s = φ(A_s)
-        mem0, mom0, read0 = _lag_step(spec, mem0, mom0, tokens)
-        anchor = read0
-    elif anchor is None:  # linear retention: the anchor is the state at the chunk boundary
-        anchor, read0 = mem0, None
-    return _segment(spec, anchor, read0, mem0, mom0, tokens, coef, scores0, keep_read, lag_row)
-
-
 @functools.cache
 def _compiled_step() -> Callable:
-    """`_step` under torch.compile with static shapes: one graph per distinct step (a full chunk, a partial head or
+    """`_segment` under torch.compile with static shapes: one graph per distinct step (a full chunk, a partial head or
     tail), compiled on first use and reused by every chunk of every call. Its tensor arguments are made contiguous
     first: a chunk's window of the [B, H, T, D] inputs (or of the coefficients of all chunks) has strides that depend
     on T, and every new stride would be a recompilation (dynamo's limit is 8, after which it silently runs eager)."""
-    step = torch.compile(_step, dynamic=False)
+    step = torch.compile(_segment, dynamic=False)
     return lambda *args, **kwargs: step(*_contiguous(args), **kwargs)
 
 
@@ -348,7 +333,7 @@ def chunk_miras(
     tokens = _Tokens(*(None if x is None else x.to(dt).transpose(1, 2) for x in (q, k, v, eta, alpha, momentum, delta)))
 
     # The windows: a partial head (finishing the chunk that `initial_state` left open), the full chunks, a partial
-    # tail that `output_final_state` leaves open. Each is a step (`_step` says what starts a chunk).
+    # tail that `output_final_state` leaves open. Each is a step (`_segment` says what starts a chunk).
     head = min(T, (chunk_size - state.offset) % chunk_size)
     full = (T - head) // chunk_size
     tail = T - head - full * chunk_size
@@ -377,7 +362,7 @@ def chunk_miras(
     if tail:
         steps.append(("tail", tail_part, None, None))
 
-    step = _compiled_step() if compile_steps and not torch.compiler.is_compiling() else _step
+    step = _compiled_step() if compile_steps and not torch.compiler.is_compiling() else _segment
     mem, mom, anchor, read = state.memory, state.momentum, state.anchor, state.read
     outputs = []
     for kind, part, coef, scores0 in steps:
