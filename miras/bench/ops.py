@@ -150,7 +150,7 @@ def op_matmul_flops(spec: MemorySpec, B: int, T: int, H: int, K: int, V: int, ch
     io = sum(o * i for o, i in shapes)
     back = sum(o * i for o, i in shapes[1:])
     ins, outs = sum(i for _, i in shapes), sum(o for o, _ in shapes)
-    lag = 1 if spec.nonlinear_retention else 0  # a chunk starts at every multiple of chunk_size
+    lag = 1 if spec.nonlinear_retention else 0
     mom = spec.algorithm == "momentum"
     total = 0
     affine = linear_chunks_apply(spec)

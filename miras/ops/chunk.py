@@ -279,8 +279,9 @@ def _lag_step(
 def _compiled_step() -> Callable:
     """`_segment` under torch.compile with static shapes: one graph per distinct step (a full chunk, a partial head or
     tail), compiled on first use and reused by every chunk of every call. Its tensor arguments are made contiguous
-    first: a chunk's window of the [B, H, T, D] inputs (or of the coefficients of all chunks) has strides that depend
-    on T, and every new stride would be a recompilation (dynamo's limit is 8, after which it silently runs eager)."""
+    first: the full chunks already are (chunk_miras lays them out chunk-major), but a partial head's or tail's window
+    of the [B, H, T, D] inputs has strides that depend on T, and every new stride would be a recompilation (dynamo's
+    limit is 8, after which it silently runs eager)."""
     step = torch.compile(_segment, dynamic=False)
     return lambda *args, **kwargs: step(*_contiguous(args), **kwargs)
 
