@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from miras.memory.architecture import activation, activation_derivative
 from miras.memory.bias import upstream
-from miras.memory.retention import fused_retention_map
+from miras.memory.retention import retention_weights
 from miras.ops.linear_chunks import group_size, linear_chunks, linear_chunks_apply, masked_decay
 from miras.ops.state import TINY_GATE, MirasState, Weights, check_inputs, compute_dtype, resolve_state
 from miras.spec import MemorySpec
@@ -91,6 +91,16 @@ def _times_activation_derivative(name: str, d: torch.Tensor, h: torch.Tensor) ->
     return d * activation_derivative(name, h)
 
 
+Scales = tuple[torch.Tensor, ...] | None  # per-matrix factors [B, H, 1, 1] of weights (`retention_weights`)
+
+
+def _product(x: torch.Tensor | None, y: torch.Tensor | None) -> torch.Tensor | None:
+    """x * y, where None is 1."""
+    if x is None or y is None:
+        return y if x is None else x
+    return x * y
+
+
 def _row_scaled_matmul(scale: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """scale[..., t] · (x_t @ wᵀ), scaling the narrower of x and the product: the gradient of `scale` then reduces
     the smaller tensor."""
@@ -106,12 +116,16 @@ def _anchor_gradients(
     v: torch.Tensor,
     delta: torch.Tensor | None,
     gamma: torch.Tensor | None,
+    scales: Scales = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per-token gradients at the anchor as outer products: g_{l,i} = deltas[l][i] ⊗ inputs[l][i].
 
     k [B, H, n, K], v [B, H, n, V], delta/gamma [B, H, n]. gamma (gradient_at="retained") scales the anchor per
-    token. Returns inputs[l] [B, H, n, in_l] and deltas[l] [B, H, n, out_l] (the gradient w.r.t. layer l's output).
+    token; scales (from `retention_weights`) per matrix: the anchor's layer l is gamma ⊙ scales[l] ⊙ anchor[l],
+    the factors applied to [B, H, n, out] products. Returns inputs[l] [B, H, n, in_l] and deltas[l] [B, H, n, out_l]
+    (the gradient w.r.t. layer l's output).
     """
+    factors = [_product(None if gamma is None else gamma.unsqueeze(-1), s) for s in scales or [None] * len(anchor)]
     inputs, pre = [], []
     x = k
     for layer, w in enumerate(anchor):
@@ -119,8 +133,8 @@ def _anchor_gradients(
             x = activation(spec.mlp_activation, pre[-1])
         inputs.append(x)
         h = x @ w.transpose(-1, -2)  # [B, H, n, out]
-        if gamma is not None:
-            h = h * gamma.unsqueeze(-1)
+        if factors[layer] is not None:
+            h = h * factors[layer]
         pre.append(h)
     z = pre[-1]
     y = z
@@ -135,7 +149,10 @@ def _anchor_gradients(
         d = inv_std * (u - u.mean(-1, keepdim=True) - zn * (u * zn).mean(-1, keepdim=True))
     deltas = [d]
     for layer in range(len(anchor) - 1, 0, -1):
-        d = _times_activation_derivative(spec.mlp_activation, d @ anchor[layer], pre[layer - 1])
+        back = d @ anchor[layer]
+        if scales is not None:
+            back = back * scales[layer]
+        d = _times_activation_derivative(spec.mlp_activation, back, pre[layer - 1])
         if gamma is not None:
             d = d * gamma.unsqueeze(-1)
         deltas.append(d)
@@ -152,17 +169,19 @@ def _dual_read(
     deltas: list[torch.Tensor],
     q: torch.Tensor,
     scores0: torch.Tensor | None,
+    read_scales: Scales = None,
 ) -> torch.Tensor:
     """o_t = M_{W_t}(q_t) for every token of the chunk without materializing W_t (README section 4).
 
     scores0 [B, H, n, n], if given, is the first layer's (Q Kᵀ) ⊙ C, computed for all chunks at once beforehand.
+    read_scales: the read weights' layer l is read_scales[l] · read0[l] (a factor on the row scale a_t).
     """
     x = q
     h = None
     for layer, w in enumerate(read0):
         if layer > 0:
             x = activation(spec.mlp_activation, h)
-        h = _row_scaled_matmul(coef.a, x, w)
+        h = _row_scaled_matmul(coef.a if read_scales is None else coef.a * read_scales[layer][..., 0], x, w)
         if mom0 is not None:
             h = h + _row_scaled_matmul(coef.b, x, mom0[layer])
         scores = scores0 if layer == 0 and scores0 is not None else (x @ inputs[layer].transpose(-1, -2)) * coef.c
@@ -210,30 +229,34 @@ def _segment(
     tokens: _Tokens,
     coef: _Coefficients | None = None,
     scores0: torch.Tensor | None = None,
-    keep_read: bool = True,
-) -> tuple[torch.Tensor, Weights, Weights | None, Weights | None, Weights]:
-    """Tokens of one chunk that all take their gradient at `anchor` and update linearly: one step of the op (with
-    compile_steps, one compiled graph).
+    keep_weights: bool = True,
+) -> tuple[torch.Tensor, Weights, Weights | None, Weights | None, Weights | None]:
+    """Tokens of one chunk that all take their gradient at `anchor` and update linearly: a partial head or tail
+    chunk is one step of the op (with compile_steps, one compiled graph); full chunks run through `_full_chunks`.
 
     anchor None: the segment starts a chunk. With a non-linear retention its first token is the lag token: its step
     is `_lag_step`, and here it is only read, as a first row that changes nothing (see `_coefficients`); the anchor
-    and read weights are then W_s = φ(A_s). With a linear retention the anchor is the state at the boundary.
-    read0 is the read weights before the segment (None: the same as mem0). coef/scores0: precomputed for this chunk
-    (computed here when None). keep_read=False: the caller needs no read weights after the segment (it ends a chunk,
-    and the next chunk's lag step maps the accumulator afresh). Returns (o [B, H, n, V], memory after, momentum
-    after, read weights after (None when read0 is None or not keep_read), anchor after).
+    and read weights are then W_s = φ(A_s) (for the lq literal map, A_s and its scalar: never written out). With a
+    linear retention the anchor is the state at the boundary. read0 is the read weights before the segment (None:
+    the same as mem0). coef/scores0: precomputed for this chunk (computed here when None). keep_weights=False: the
+    caller needs neither read nor anchor weights after the segment (it ends a chunk; the next chunk starts from the
+    memory alone). Returns (o [B, H, n, V], memory after, momentum after, read weights after (None when read0 is
+    None), anchor after; the last two None when not keep_weights).
     """
     lag_row = anchor is None and spec.nonlinear_retention
+    scales = None
     if lag_row:
-        mem0, mom0, read0 = _lag_step(spec, mem0, mom0, tokens)
+        mem0, mom0, read0, scales = _lag_step(spec, mem0, mom0, tokens)
+        if keep_weights:  # the state after the segment holds W_s's increments: write W_s out
+            read0, scales = _scaled(read0, scales), None
         anchor = read0
     elif anchor is None:
         anchor, read0 = mem0, None
     if coef is None:
         coef = _coefficients(tokens.eta, tokens.alpha, tokens.theta, lag_row)
     gamma = coef.a if spec.gradient_at == "retained" else None
-    inputs, deltas = _anchor_gradients(spec, anchor, tokens.k, tokens.v, tokens.delta, gamma)
-    o = _dual_read(spec, mem0 if read0 is None else read0, mom0, coef, inputs, deltas, tokens.q, scores0)
+    inputs, deltas = _anchor_gradients(spec, anchor, tokens.k, tokens.v, tokens.delta, gamma, scales)
+    o = _dual_read(spec, mem0 if read0 is None else read0, mom0, coef, inputs, deltas, tokens.q, scores0, scales)
     a_end = coef.a[..., -1, None, None]  # [B, H, 1, 1]
     minus_c_end = -coef.c[..., -1, :].unsqueeze(-1)  # [B, H, n, 1]
     # What the chunk adds to a_n W_0 (README section 3: W_n = a_n W_0 + b_n S_0 - Σ_i c[n, i] g_i). The read
@@ -248,20 +271,23 @@ def _segment(
         minus_d_end = -coef.d_end.unsqueeze(-1)
         mom = tuple(torch.addcmul((d * minus_d_end).transpose(-1, -2) @ x, s_end, s) for s, d, x in zip(mom0, deltas, inputs))
     mem = tuple(torch.addcmul(u, a_end, m) for m, u in zip(mem0, step))
-    read = None if read0 is None or not keep_read else tuple(torch.addcmul(u, a_end, r) for r, u in zip(read0, step))
+    if not keep_weights:
+        return o, mem, mom, None, None
+    read = None if read0 is None else tuple(torch.addcmul(u, a_end, r) for r, u in zip(read0, step))
     anchor_end = tuple(a_end * w for w in anchor) if gamma is not None else anchor
     return o, mem, mom, read, anchor_end
 
 
 def _lag_step(
     spec: MemorySpec, mem0: Weights, mom0: Weights | None, tokens: _Tokens
-) -> tuple[Weights, Weights | None, Weights]:
+) -> tuple[Weights, Weights | None, Weights, Scales]:
     """The lag token of a non-linear retention (README section 1): one exact step at φ(A'), then W_s = φ(A_s).
     The lag token is the first of `tokens` (the chunk's first segment, which then reads it).
-    Returns (accumulator after, momentum after, W_s)."""
+    Returns (accumulator after, momentum after, W_s as `retention_weights` gives it: weights and scales)."""
     k, v = tokens.k[:, :, :1], tokens.v[:, :, :1]
     delta = None if tokens.delta is None else tokens.delta[:, :, :1]
-    inputs, deltas = _anchor_gradients(spec, fused_retention_map(spec, mem0), k, v, delta, None)
+    anchor, scales = retention_weights(spec, mem0)
+    inputs, deltas = _anchor_gradients(spec, anchor, k, v, delta, None, scales)
     minus_eta = -tokens.eta[:, :, :1, None]  # [B, H, 1, 1]
     # -η g, with η applied to the one-token delta rather than to the weight-sized gradient
     steps = [(minus_eta * d).transpose(-1, -2) @ x for d, x in zip(deltas, inputs)]  # [B, H, out, in]
@@ -272,18 +298,51 @@ def _lag_step(
     else:
         mom = tuple(torch.addcmul(u, tokens.theta[:, :, :1, None], s) for s, u in zip(mom0, steps))
         mem = tuple(torch.addcmul(s, alpha, m) for m, s in zip(mem0, mom))
-    return mem, mom, fused_retention_map(spec, mem)
+    return mem, mom, *retention_weights(spec, mem)
+
+
+def _scaled(weights: Weights, scales: Scales) -> Weights:
+    """The weights that (weights, scales) stand for, written out."""
+    return weights if scales is None else tuple(w * s for w, s in zip(weights, scales))
+
+
+def _full_chunks(
+    spec: MemorySpec, mem: Weights, mom: Weights | None, tokens: _Tokens, coef: _Coefficients, scores: torch.Tensor | None
+) -> tuple[torch.Tensor, Weights, Weights | None]:
+    """A run of G full chunks, chunk-major (tokens [G, B, H, n, ...], coef and scores [G, ...]), each one `_segment`
+    that starts and ends a chunk. Returns (o [G, B, H, n, V], memory after, momentum after)."""
+    outputs = []
+    count = tokens.q.shape[0]
+    for part, c, s in zip(tokens.unbind(), coef.unbind(), [None] * count if scores is None else scores.unbind(0)):
+        o, mem, mom, _, _ = _segment(spec, None, None, mem, mom, part, c, s, keep_weights=False)
+        outputs.append(o)
+    return torch.stack(outputs), mem, mom
+
+
+# Full chunks per compiled call (compile_steps). A call of several chunks fuses the elementwise work across chunk
+# boundaries (a chunk's last update with the next chunk's retention map) and writes every chunk's input gradients
+# into one buffer; measured side by side (Moneta fwd+bwd, T = 4096, 2 threads): 4 chunks 1.05-1.07x, 8 chunks
+# 1.04-1.13x over 1 chunk per call, for a first compile of ~90 s instead of ~20 s (README section 7).
+COMPILED_RUN = 8
+
+
+def _run_sizes(full: int, compiled: bool) -> list[int]:
+    """How many full chunks each call takes: all of them in eager; with compiled steps runs of COMPILED_RUN and the
+    rest one by one, so that any T needs two graphs at most (dynamo recompiles a function at most 8 times)."""
+    if not compiled:
+        return [full]
+    return [COMPILED_RUN] * (full // COMPILED_RUN) + [1] * (full % COMPILED_RUN)
 
 
 @functools.cache
-def _compiled_step() -> Callable:
-    """`_segment` under torch.compile with static shapes: one graph per distinct step (a full chunk, a partial head or
-    tail), compiled on first use and reused by every chunk of every call. Its tensor arguments are made contiguous
-    first: the full chunks already are (chunk_miras lays them out chunk-major), but a partial head's or tail's window
-    of the [B, H, T, D] inputs has strides that depend on T, and every new stride would be a recompilation (dynamo's
-    limit is 8, after which it silently runs eager)."""
-    step = torch.compile(_segment, dynamic=False)
-    return lambda *args, **kwargs: step(*_contiguous(args), **kwargs)
+def _compiled(step: Callable) -> Callable:
+    """A step (`_segment` or `_full_chunks`) under torch.compile with static shapes: one graph per distinct shape (a
+    run of full chunks, a partial head or tail), compiled on first use and reused by every call. Its tensor
+    arguments are made contiguous first: the full chunks already are (chunk_miras lays them out chunk-major), but a
+    partial head's or tail's window of the [B, H, T, D] inputs has strides that depend on T, and every new stride
+    would be a recompilation (dynamo's limit is 8, after which it silently runs eager)."""
+    compiled = torch.compile(step, dynamic=False)
+    return lambda *args, **kwargs: compiled(*_contiguous(args), **kwargs)
 
 
 def _contiguous(x):
@@ -319,15 +378,17 @@ def chunk_miras(
         momentum: [B, T, H] θ in [0, 1] (algorithm="momentum"); delta: [B, T, H] Huber δ > 0 (bias="huber").
         chunk_size: tokens per chunk; every gradient in a chunk is taken at the chunk's anchor. Any T works.
         initial_state: None (zeros, linear memory only), the memory weights, or a MirasState.
-        compile_steps: run each chunk's step through torch.compile (README section 7): the elementwise work on the
-            memory weights fuses (Moneta fwd+bwd 1.7x at T=2048 on 2 CPU cores), and compiling costs ~20 s once,
-            whatever T, where compiling the whole op unrolls its chunk loop (minutes at T=4096). The same
-            function (tested); the first call per step shape compiles. No effect under an enclosing torch.compile.
+        compile_steps: run the chunks' steps through torch.compile, full chunks COMPILED_RUN per call (README
+            section 7): the elementwise work on the memory weights fuses (Moneta fwd+bwd ~2x at T=2048 on 2 CPU
+            cores). Compiling costs ~90 s once on 2 cores, whatever T, where compiling the whole op unrolls its
+            chunk loop (minutes at T=4096). The same function (tested); the first call per step shape compiles.
+            No effect under an enclosing torch.compile.
     Returns:
         o [B, T, H, V] in q's dtype (computed in float32, or float64 for float64 input), and the final
         MirasState if output_final_state.
     """
     check_inputs(spec, q, k, v, eta, alpha, momentum, delta, chunk_size)
+    compiled = compile_steps and not torch.compiler.is_compiling()
     B, T, H, K = q.shape
     dt = compute_dtype(q)
     state = resolve_state(spec, initial_state, B, H, K, v.shape[-1], dt, q.device, chunk_size)
@@ -340,7 +401,7 @@ def chunk_miras(
     tail = T - head - full * chunk_size
     parts = iter(tokens.split([n for n in (head, full * chunk_size, tail) if n]))
     head_part, body, tail_part = (next(parts) if n else None for n in (head, full, tail))
-    steps = []  # (kind: head, full, tail or linear (a group of full chunks), tokens, coefficients, first-layer scores)
+    steps = []  # (kind: head, full (a run of chunks), tail or linear (a group of chunks), tokens, coefficients, scores)
     if head:
         steps.append(("head", head_part, None, None))
     if full and linear_chunks_apply(spec):
@@ -356,26 +417,31 @@ def chunk_miras(
         # chunks at once.
         body = _Tokens(*(None if x is None else x.unflatten(2, (full, chunk_size)).movedim(2, 0).contiguous() for x in body))
         coef_all = _coefficients(body.eta, body.alpha, body.theta, spec.nonlinear_retention)
-        scores = [None] * full
+        scores = None
         if spec.gradient_at == "anchor":
-            scores = ((body.q @ body.k.transpose(-1, -2)) * coef_all.c).unbind(0)
-        steps += [("full", *step) for step in zip(body.unbind(), coef_all.unbind(), scores)]
+            scores = (body.q @ body.k.transpose(-1, -2)) * coef_all.c
+        sizes = _run_sizes(full, compiled)
+        runs = [torch.split(x, sizes) if x is not None else [None] * len(sizes) for x in (*body, *coef_all, scores)]
+        n = len(body)
+        steps += [("full", _Tokens(*run[:n]), _Coefficients(*run[n:-1]), run[-1]) for run in zip(*runs)]
     if tail:
         steps.append(("tail", tail_part, None, None))
 
-    step = _compiled_step() if compile_steps and not torch.compiler.is_compiling() else _segment
+    segment, full_chunks = (_compiled(_segment), _compiled(_full_chunks)) if compiled else (_segment, _full_chunks)
     mem, mom, anchor, read = state.memory, state.momentum, state.anchor, state.read
     outputs = []
-    for kind, part, coef, scores0 in steps:
+    for kind, part, coef, scores in steps:
         if kind == "linear":
             group = _Tokens(*(None if x is None else x.unflatten(2, (-1, chunk_size)) for x in part))
             o, w = linear_chunks(spec, mem[0], group.q, group.k, group.v, group.eta, group.alpha)
             o, mem, anchor, read = o.flatten(2, 3), (w,), (w,), None
-        else:
-            if kind != "head":  # the step starts a chunk
+        elif kind == "full":
+            o, mem, mom = full_chunks(spec, mem, mom, part, coef, scores)
+            o, anchor, read = o.movedim(0, 2).flatten(2, 3), None, None
+        else:  # a head continues the chunk `initial_state` left open; a tail starts one
+            if kind == "tail":
                 anchor, read = None, None
-            # a full chunk ends at a chunk boundary: the next step needs no read weights
-            o, mem, mom, read, anchor = step(spec, anchor, read, mem, mom, part, coef, scores0, keep_read=kind != "full")
+            o, mem, mom, read, anchor = segment(spec, anchor, read, mem, mom, part)
         outputs.append(o)
     o = (outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)).transpose(1, 2).to(q.dtype)  # [B, T, H, V]
     if not output_final_state:
