@@ -334,14 +334,19 @@ def _run_sizes(full: int, compiled: bool) -> list[int]:
     return [COMPILED_RUN] * (full // COMPILED_RUN) + [1] * (full % COMPILED_RUN)
 
 
+RECOMPILE_LIMIT = 64
+
+
 @functools.cache
 def _compiled(step: Callable) -> Callable:
     """A step (`_segment` or `_full_chunks`) under torch.compile with static shapes: one graph per distinct shape (a
     run of full chunks, a partial head or tail), compiled on first use and reused by every call. Its tensor
     arguments are made contiguous first: the full chunks already are (chunk_miras lays them out chunk-major), but a
     partial head's or tail's window of the [B, H, T, D] inputs has strides that depend on T, and every new stride
-    would be a recompilation (dynamo's limit is 8, after which it silently runs eager)."""
-    compiled = torch.compile(step, dynamic=False)
+    would be a recompilation. Each spec, shape and dtype is a graph of its own too, so the limit on graphs per
+    function is raised from dynamo's 8 (after which it warns and runs eager: a benchmark of five presets and a model
+    hit it) to RECOMPILE_LIMIT."""
+    compiled = torch.compile(step, dynamic=False, recompile_limit=RECOMPILE_LIMIT)
     return lambda *args, **kwargs: compiled(*_contiguous(args), **kwargs)
 
 
