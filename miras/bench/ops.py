@@ -33,7 +33,7 @@ from miras.spec import MemorySpec
 LINEAR_PRESETS = tuple(name for name, preset in presets.PRESETS.items() if not preset().mlp)
 MLP_PRESETS = tuple(name for name, preset in presets.PRESETS.items() if preset().mlp and preset().mlp_depth == 2)
 MATMUL_SHAPE = (2048, 512, 2048)
-# A grid name with this suffix times chunk_miras(compile_steps=True): each chunk's step under torch.compile.
+# A grid name with this suffix times chunk_miras(compile_steps=True): the chunks' steps under torch.compile.
 COMPILE_STEPS = "+compile_steps"
 
 

@@ -56,9 +56,9 @@ CONSTANT_DECAY_PRESETS = ("retnet",)  # α is a learned per-head constant
 
 @functools.cache
 def _chunk_miras_compiled_steps():
-    """The op with each chunk's step compiled, kept out of an enclosing torch.compile graph: compiling the op itself
-    would unroll its chunk loop (compile time growing with T, minutes at T=4096), while its steps compile once for
-    any T. Built on first use: torch.compiler.disable imports dynamo (a second at start-up)."""
+    """The op with its chunk steps compiled, kept out of an enclosing torch.compile graph: compiling the op itself
+    would unroll its chunk loop (compile time growing with T, minutes at T=4096), while its steps (runs of 8 chunks)
+    compile once for any T. Built on first use: torch.compiler.disable imports dynamo (a second at start-up)."""
     return torch.compiler.disable(functools.partial(chunk_miras, compile_steps=True))
 
 
