@@ -1,6 +1,6 @@
 """chunk_miras: the chunk-parallel fast path. No loop over tokens: a loop over chunks, and inside a chunk closed-form
 per-token gradients at the chunk's anchor, a b×b coefficient matrix for the gates, and exact reads of every W_t
-through the dual form. Derivation: miras/ops/README.md (sections 3-4; linear memories take all full chunks at once
+through the dual form. Derivation: miras/ops/README.md (sections 3-4; linear memories take their full chunks
 through linear_chunks.py, section 6).
 
 Axis legend: B batch, H heads, n tokens of a chunk (≤ chunk_size), K key dim, V value dim, o/i a weight's out/in dims.
@@ -416,7 +416,7 @@ def chunk_miras(
     if full and linear_chunks_apply(spec):
         # A linear memory with an affine update takes its full chunks in a few groups of many chunks each
         # (miras/ops/linear_chunks.py).
-        group = group_size(spec, B, H, chunk_size, K) or full
+        group = group_size(B, H, chunk_size, K)
         groups = body.split([min(group, full - j) * chunk_size for j in range(0, full, group)])
         steps += [("linear", g) for g in groups]
     elif full:

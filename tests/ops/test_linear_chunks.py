@@ -32,11 +32,11 @@ def test_which_specs_take_the_path():
 @pytest.mark.parametrize("grouped", [False, True])
 def test_many_chunks_after_a_partial_one(preset, erase, grouped, monkeypatch):
     """Starts mid-chunk (a state with offset), then 5 full chunks, then a tail; with erase, some α are exactly 0
-    (log space clamps them to 1e-30) and some exactly 1. grouped: l2 takes the full chunks 2 per segment (2, 2, 1)."""
+    (log space clamps them to 1e-30) and some exactly 1. grouped: the full chunks go 2 per call (2, 2, 1)."""
     spec, chunk_size, head = presets.get(preset), 8, 3
     if grouped:  # B·H·m·m elements per chunk at B = H = 2, m = 8
         monkeypatch.setattr(linear_chunks_module, "GROUP_ELEMENTS", 2 * 2 * 2 * chunk_size * chunk_size)
-        assert group_size(spec, 2, 2, chunk_size, 4) == (2 if spec.bias == "l2" else None)
+        assert group_size(2, 2, chunk_size, 4) == 2
     T = head + 5 * chunk_size + 4
     q, k, v, gates, state, leaves = make_inputs(spec, T=T, requires_grad=True)
     if erase and gates["alpha"] is not None:
