@@ -307,17 +307,13 @@ def _scaled(weights: Weights, scales: Scales) -> Weights:
 
 
 def _full_chunks(
-    spec: MemorySpec, mem: Weights, mom: Weights | None, tokens: _Tokens
+    spec: MemorySpec, mem: Weights, mom: Weights | None, tokens: _Tokens, coef: _Coefficients, scores: torch.Tensor | None
 ) -> tuple[torch.Tensor, Weights, Weights | None]:
-    """A run of G full chunks, chunk-major (tokens [G, B, H, n, ...]), each one `_segment` that starts and ends a
-    chunk. The gate coefficients and the first layer's scores (Q Kᵀ) ⊙ C do not depend on the memory: computed for
-    all G chunks at once. Returns (o [G, B, H, n, V], memory after, momentum after)."""
-    coef = _coefficients(tokens.eta, tokens.alpha, tokens.theta, spec.nonlinear_retention)
-    scores = [None] * tokens.q.shape[0]
-    if spec.gradient_at == "anchor":
-        scores = ((tokens.q @ tokens.k.transpose(-1, -2)) * coef.c).unbind(0)
+    """A run of G full chunks, chunk-major (tokens [G, B, H, n, ...], coef and scores [G, ...]), each one `_segment`
+    that starts and ends a chunk. Returns (o [G, B, H, n, V], memory after, momentum after)."""
     outputs = []
-    for part, c, s in zip(tokens.unbind(), coef.unbind(), scores):
+    count = tokens.q.shape[0]
+    for part, c, s in zip(tokens.unbind(), coef.unbind(), [None] * count if scores is None else scores.unbind(0)):
         o, mem, mom, _, _ = _segment(spec, None, None, mem, mom, part, c, s, keep_weights=False)
         outputs.append(o)
     return torch.stack(outputs), mem, mom
@@ -410,35 +406,42 @@ def chunk_miras(
     tail = T - head - full * chunk_size
     parts = iter(tokens.split([n for n in (head, full * chunk_size, tail) if n]))
     head_part, body, tail_part = (next(parts) if n else None for n in (head, full, tail))
-    steps = []  # (kind: head, full (a run of chunks), tail or linear (a group of chunks), tokens)
+    steps = []  # (kind: head, full (a run of chunks), tail or linear (a group of chunks), tokens, coefficients, scores)
     if head:
-        steps.append(("head", head_part))
+        steps.append(("head", head_part, None, None))
     if full and linear_chunks_apply(spec):
         # A linear memory with an affine update takes its full chunks in a few groups of many chunks each
         # (miras/ops/linear_chunks.py).
         group = group_size(B, H, chunk_size, K)
         groups = body.split([min(group, full - j) * chunk_size for j in range(0, full, group)])
-        steps += [("linear", g) for g in groups]
+        steps += [("linear", g, None, None) for g in groups]
     elif full:
         # Chunk-major [N, B, H, n, ...] in one copy: each chunk's tensors are then contiguous, which compile_steps
         # needs (a window of [B, H, T, D] has T-dependent strides, each a recompilation) and eager matmuls like.
+        # The gate coefficients and first-layer scores (Q Kᵀ) ⊙ C do not depend on the memory: computed for all full
+        # chunks at once.
         body = _Tokens(*(None if x is None else x.unflatten(2, (full, chunk_size)).movedim(2, 0).contiguous() for x in body))
+        coef_all = _coefficients(body.eta, body.alpha, body.theta, spec.nonlinear_retention)
+        scores = None
+        if spec.gradient_at == "anchor":
+            scores = (body.q @ body.k.transpose(-1, -2)) * coef_all.c
         sizes = _run_sizes(full, compiled)
-        runs = zip(*([None] * len(sizes) if x is None else torch.split(x, sizes) for x in body))
-        steps += [("full", _Tokens(*run)) for run in runs]
+        runs = [torch.split(x, sizes) if x is not None else [None] * len(sizes) for x in (*body, *coef_all, scores)]
+        n = len(body)
+        steps += [("full", _Tokens(*run[:n]), _Coefficients(*run[n:-1]), run[-1]) for run in zip(*runs)]
     if tail:
-        steps.append(("tail", tail_part))
+        steps.append(("tail", tail_part, None, None))
 
     segment, full_chunks = (_compiled(_segment), _compiled(_full_chunks)) if compiled else (_segment, _full_chunks)
     mem, mom, anchor, read = state.memory, state.momentum, state.anchor, state.read
     outputs = []
-    for kind, part in steps:
+    for kind, part, coef, scores in steps:
         if kind == "linear":
             group = _Tokens(*(None if x is None else x.unflatten(2, (-1, chunk_size)) for x in part))
             o, w = linear_chunks(spec, mem[0], group.q, group.k, group.v, group.eta, group.alpha)
             o, mem, anchor, read = o.flatten(2, 3), (w,), (w,), None
         elif kind == "full":
-            o, mem, mom = full_chunks(spec, mem, mom, part)
+            o, mem, mom = full_chunks(spec, mem, mom, part, coef, scores)
             o, anchor, read = o.movedim(0, 2).flatten(2, 3), None, None
         else:  # a head continues the chunk `initial_state` left open; a tail starts one
             if kind == "tail":
