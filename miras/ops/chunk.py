@@ -39,11 +39,30 @@ class _Coefficients(NamedTuple):
     s_end: torch.Tensor | None  # [...]
     d_end: torch.Tensor | None  # [..., n]
 
+    def split(self, sizes: list[int]) -> list["_Coefficients"]:
+        """A chunk-major [N, ...] batch -> consecutive runs of the given numbers of chunks."""
+        return _split_fields(self, sizes, 0)
+
     def unbind(self) -> list["_Coefficients"]:
         """A chunk-major [N, ...] batch -> one _Coefficients per chunk (unbind, so that backward stacks once)."""
-        fields = [None if x is None else x.unbind(0) for x in self]
-        count = fields[0].__len__()
-        return [_Coefficients(*(None if f is None else f[j] for f in fields)) for j in range(count)]
+        return _unbind_fields(self)
+
+
+def _split_fields(fields: NamedTuple, sizes: list[int], dim: int) -> list:
+    """Every tensor of `fields` (None stays None) split along `dim` into consecutive parts of the given sizes, as
+    one NamedTuple per part. torch.split: its backward concatenates once, where slicing each part would allocate a
+    full-size zero gradient per part. One part is `fields` itself: no copy forward or backward."""
+    if len(sizes) == 1:
+        return [fields]
+    parts = [None if x is None else torch.split(x, sizes, dim=dim) for x in fields]
+    return [type(fields)(*(None if p is None else p[j] for p in parts)) for j in range(len(sizes))]
+
+
+def _unbind_fields(fields: NamedTuple) -> list:
+    """Every tensor of `fields` (None stays None) unbound along dim 0, as one NamedTuple per index."""
+    parts = [None if x is None else x.unbind(0) for x in fields]
+    count = len(next(p for p in parts if p is not None))
+    return [type(fields)(*(None if p is None else p[j] for p in parts)) for j in range(count)]
 
 
 def _coefficients(
@@ -205,19 +224,14 @@ class _Tokens(NamedTuple):
     theta: torch.Tensor | None
     delta: torch.Tensor | None
 
-    def split(self, sizes: list[int]) -> list["_Tokens"]:
-        """Consecutive windows of the given lengths (torch.split: its backward concatenates once, where slicing
-        each window would allocate a full-length zero gradient per window). One window is the tokens themselves: no
-        copy forward or backward."""
-        if len(sizes) == 1:
-            return [self]
-        parts = [None if x is None else torch.split(x, sizes, dim=2) for x in self]
-        return [_Tokens(*(None if p is None else p[j] for p in parts)) for j in range(len(sizes))]
+    def split(self, sizes: list[int], dim: int = 2) -> list["_Tokens"]:
+        """Consecutive windows of the given lengths along the token axis (dim 2), or runs of the given numbers of
+        chunks of chunk-major tokens (dim 0)."""
+        return _split_fields(self, sizes, dim)
 
     def unbind(self) -> list["_Tokens"]:
         """Chunk-major [N, B, H, n, ...] tokens -> one window per chunk."""
-        parts = [None if x is None else x.unbind(0) for x in self]
-        return [_Tokens(*(None if p is None else p[j] for p in parts)) for j in range(len(parts[0]))]
+        return _unbind_fields(self)
 
 
 def _segment(
@@ -328,7 +342,7 @@ COMPILED_RUN = 8
 
 def _run_sizes(full: int, compiled: bool) -> list[int]:
     """How many full chunks each call takes: all of them in eager; with compiled steps runs of COMPILED_RUN and the
-    rest one by one, so that any T needs two graphs at most (dynamo recompiles a function at most 8 times)."""
+    rest one by one, so that any T needs two graphs at most (each distinct run length is a compile of its own)."""
     if not compiled:
         return [full]
     return [COMPILED_RUN] * (full // COMPILED_RUN) + [1] * (full % COMPILED_RUN)
@@ -426,9 +440,8 @@ def chunk_miras(
         if spec.gradient_at == "anchor":
             scores = (body.q @ body.k.transpose(-1, -2)) * coef_all.c
         sizes = _run_sizes(full, compiled)
-        runs = [torch.split(x, sizes) if x is not None else [None] * len(sizes) for x in (*body, *coef_all, scores)]
-        n = len(body)
-        steps += [("full", _Tokens(*run[:n]), _Coefficients(*run[n:-1]), run[-1]) for run in zip(*runs)]
+        score_runs = [None] * len(sizes) if scores is None else torch.split(scores, sizes)
+        steps += [("full", *run) for run in zip(body.split(sizes, dim=0), coef_all.split(sizes), score_runs)]
     if tail:
         steps.append(("tail", tail_part, None, None))
 

@@ -22,7 +22,7 @@ from miras.spec import MemorySpec
 # passes over them (~30 for l2, ~10 for dot; all-chunk tensors at T = 8192 are 16 MB, and each elementwise pass over
 # them runs at DRAM speed). Measured side by side at B=2, H=4, 2 threads: gated_deltanet 1.2x the per-chunk path in
 # groups of 16 chunks, 1.0x in one group; groups of 16 against one group for the dot path, median of 15 runs at
-# T = 8192: retnet 1.13-1.23x, mamba2 1.07-1.12x, linear_attention 1.14x (1.19x for retnet at T = 2048).
+# T = 8192: retnet 1.13-1.23x, mamba2 1.07-1.12x, linear_attention 1.14-1.22x (1.19x for retnet at T = 2048).
 GROUP_ELEMENTS = 2**19
 
 
