@@ -489,10 +489,27 @@ def _titans_config(settings: Settings, NeuralMemory, preset_names, dim, heads, h
             "matmul": {"shape": list(MATMUL_SHAPE), "gflops": roof / 1e9}}
 
 
-def run_compile(settings: Settings, shape: Shape, preset_names: list[str], T: int = 1024, chunk: int = 64, timed: bool = False) -> list[dict]:
+def _compiled_op_error(name: str, fullgraph: bool, device, chunk_size: int = 16, T: int = 37) -> float:
+    """torch.compile(chunk_miras) against the eager op in float64 on a short sequence (two full chunks and a partial
+    one): max relative error over the output and the gradient of every input."""
+    torch._dynamo.reset()
+    spec, shape = presets.get(name), Shape(batch=1, heads=2, head_dim=8)
+    results = []
+    for op in (chunk_miras, torch.compile(chunk_miras, fullgraph=fullgraph, dynamic=False)):
+        call = op_call(op, spec, shape, T, chunk_size, device, torch.float64, seed=1)
+        o = call.output()
+        cotangent = torch.randn(o.shape, generator=torch.Generator().manual_seed(2), dtype=o.dtype).to(device)
+        results.append([o, *torch.autograd.grad(o, call.leaves, cotangent)])
+    return _max_rel_err(*results)
+
+
+def run_compile(settings: Settings, shape: Shape, preset_names: list[str], T: int = 1024, chunk: int = 64, timed: bool = False,
+                tol: float = 1e-8) -> list[dict]:
     """torch.compile of the op: graphs and graph breaks of the forward (torch._dynamo.explain; seconds). timed: also
-    compile with fullgraph=True (fullgraph=False if that fails), which compiles the backward too, and time the
-    first call (compilation included: minutes per preset on a CPU) and the fwd+bwd speed-up over eager, side by side."""
+    compile with fullgraph=True (fullgraph=False if that fails), which compiles the backward too; check the compiled
+    op against eager first (output and every gradient, float64, a short sequence: a torch bug once made them differ,
+    miras/ops/torch_workarounds.py), then time the first call (compilation included: minutes per preset on a CPU)
+    and the fwd+bwd speed-up over eager, side by side."""
     import torch._dynamo
 
     rows = []
@@ -507,11 +524,14 @@ def run_compile(settings: Settings, shape: Shape, preset_names: list[str], T: in
         line = f"[compile] {name} T={T}: {explained.graph_count} graph(s), {explained.graph_break_count} break(s)"
         compiled = None
         for fullgraph in (True, False) if timed else ():
-            torch._dynamo.reset()
-            candidate = call.with_op(torch.compile(chunk_miras, fullgraph=fullgraph))
             try:
+                row[f"max_rel_err_fullgraph_{fullgraph}"] = err = _compiled_op_error(name, fullgraph, dev)
+                if not err <= tol:
+                    raise CorrectnessError(f"the compiled op disagrees with eager: max rel err {err:.3e} > {tol:g}")
+                torch._dynamo.reset()  # the timed compile starts afresh (a second shape would make dims dynamic)
+                candidate = call.with_op(torch.compile(chunk_miras, fullgraph=fullgraph))
                 row[f"first_call_s_fullgraph_{fullgraph}"] = time_call(train_fn(candidate.output, candidate.leaves), dev)
-            except Exception as error:  # a failed compile is a result to report, not a crash
+            except Exception as error:  # a failed or wrong compile is a result to report, not a crash
                 row[f"error_fullgraph_{fullgraph}"] = f"{type(error).__name__}: {str(error)[:500]}"
                 continue
             compiled, row["fullgraph"] = candidate, fullgraph

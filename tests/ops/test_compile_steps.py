@@ -13,7 +13,8 @@ from tests.ops.inputs import make_inputs
 
 # After 5 tokens: the head chunk's last 3, 3 full chunks, a tail of 5. The full chunks go in runs of RUN chunks per
 # compiled call: 2 gives a run of 2 and a run of 1; 1 calls the one-chunk graph three times in a row (a version that
-# computed the coefficients inside the compiled run got every gradient but q's wrong in that case only).
+# computed the coefficients inside the compiled run got every gradient but q's wrong in that case only: torch's
+# donated buffers, miras/ops/torch_workarounds.py).
 CHUNK, T, FIRST = 8, 3 + 3 * 8 + 5, 5
 
 

@@ -1,0 +1,30 @@
+"""A torch bug that gives wrong gradients under torch.compile, and what miras sets to avoid it (on import of miras.ops).
+
+Donated buffers (torch >= 2.6, up to at least 2.13): AOT autograd lets the compiled backward reuse the memory of a
+tensor saved for backward once its last use has passed ("donates" it). It checks that the saved tensor does not
+alias the graph's inputs or outputs, but not that it does not alias another saved tensor. When the forward saves a
+tensor and a view of it (say the gate coefficients of all chunks and one chunk's slice of them, or x and x.T),
+inductor may write into the first while the second is still to be read, and the gradients come out wrong with no
+error. Found in the chunk op: `torch.compile(chunk_miras)` gave q and k gradients off by up to 1e3 (relative) for
+Moneta and Memora, and a variant of the compiled chunk steps every gradient but q's.
+`tests/ops/test_compiled_gradients.py` holds a ten-line reproduction and the op's cases.
+
+miras turns donation off for the whole process: every compile then keeps the saved tensors intact. The backward may
+hold more memory at its peak (not measured); its speed did not change: Moneta fwd+bwd with compiled steps, side by
+side in one process, 0.99x / 1.03x (median / minimum of 15) at T = 4096 and 1.01x / 1.01x at T = 2048 with
+donation off. A user who needs donation back can set
+`torch._functorch.config.donated_buffer = True` after importing miras, at the risk above.
+
+Inductor's on-disk cache keys a compiled backward by its graph, not by this setting: a backward compiled with
+donation before (by an older miras, or in a process that set it back) can still be served from the cache. Clear
+it (`TORCHINDUCTOR_CACHE_DIR`, by default /tmp/torchinductor_$USER) after upgrading from such a version.
+"""
+
+from __future__ import annotations
+
+import torch._functorch.config
+
+
+def keep_saved_tensors() -> None:
+    """Turn off AOT autograd's donated buffers (see the module docstring)."""
+    torch._functorch.config.donated_buffer = False
