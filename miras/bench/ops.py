@@ -182,21 +182,23 @@ def _max_rel_err(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
     return max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in zip(got, want))
 
 
+def _check_results(op: Callable, spec: MemorySpec, device, chunk_size: int, T: int) -> list[torch.Tensor]:
+    """The output and the gradient of every input of `op` in float64 on a short sequence at B=1, H=2, K=V=8, from
+    fixed inputs and cotangent: what the correctness checks compare between two ops."""
+    call = op_call(op, spec, Shape(batch=1, heads=2, head_dim=8), T, chunk_size, device, torch.float64, seed=1)
+    o = call.output()
+    cotangent = torch.randn(o.shape, generator=torch.Generator().manual_seed(2), dtype=o.dtype).to(device)
+    return [o, *torch.autograd.grad(o, call.leaves, cotangent)]
+
+
 def check_correctness(preset_names: list[str], device, chunk_size: int = 16, T: int = 37, tol: float = 1e-8) -> list[dict]:
     """chunk_miras against naive_recurrent_miras in float64 on a short sequence (two full chunks and a partial one):
     the output and the gradient of every input. Raises CorrectnessError on any disagreement above tol (relative to
     the largest entry)."""
     rows = []
-    shape = Shape(batch=1, heads=2, head_dim=8)
     for name in preset_names:
         fast, spec = grid_op(name)
-        results = []
-        for op in (fast, naive_recurrent_miras):
-            call = op_call(op, spec, shape, T, chunk_size, device, torch.float64, seed=1)
-            o = call.output()
-            cotangent = torch.randn(o.shape, generator=torch.Generator().manual_seed(2), dtype=o.dtype).to(device)
-            results.append([o, *torch.autograd.grad(o, call.leaves, cotangent)])
-        err = _max_rel_err(*results)
+        err = _max_rel_err(*(_check_results(op, spec, device, chunk_size, T) for op in (fast, naive_recurrent_miras)))
         rows.append({"preset": name, "T": T, "chunk_size": chunk_size, "max_rel_err": err, "tol": tol})
         say(f"[check] {name}: chunk vs naive, output and all gradients, max rel err {err:.1e}")
         if not err <= tol:
@@ -493,14 +495,8 @@ def _compiled_op_error(name: str, fullgraph: bool, device, chunk_size: int = 16,
     """torch.compile(chunk_miras) against the eager op in float64 on a short sequence (two full chunks and a partial
     one): max relative error over the output and the gradient of every input."""
     torch._dynamo.reset()
-    spec, shape = presets.get(name), Shape(batch=1, heads=2, head_dim=8)
-    results = []
-    for op in (chunk_miras, torch.compile(chunk_miras, fullgraph=fullgraph, dynamic=False)):
-        call = op_call(op, spec, shape, T, chunk_size, device, torch.float64, seed=1)
-        o = call.output()
-        cotangent = torch.randn(o.shape, generator=torch.Generator().manual_seed(2), dtype=o.dtype).to(device)
-        results.append([o, *torch.autograd.grad(o, call.leaves, cotangent)])
-    return _max_rel_err(*results)
+    ops = (chunk_miras, torch.compile(chunk_miras, fullgraph=fullgraph, dynamic=False))
+    return _max_rel_err(*(_check_results(op, presets.get(name), device, chunk_size, T) for op in ops))
 
 
 def run_compile(settings: Settings, shape: Shape, preset_names: list[str], T: int = 1024, chunk: int = 64, timed: bool = False,
