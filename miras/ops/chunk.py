@@ -19,7 +19,7 @@ from miras.memory.architecture import activation, activation_derivative
 from miras.memory.bias import upstream
 from miras.memory.retention import retention_weights
 from miras.ops.linear_chunks import group_size, linear_chunks, linear_chunks_apply, masked_decay
-from miras.ops.state import TINY_GATE, MirasState, Weights, check_inputs, compute_dtype, resolve_state
+from miras.ops.state import TINY_GATE, MirasState, Weights, check_inputs, compute_dtype, resolve_state, without_autocast
 from miras.spec import MemorySpec
 
 def _decay_products(gate: torch.Tensor) -> torch.Tensor:
@@ -374,6 +374,7 @@ def _contiguous(x):
     return x
 
 
+@without_autocast
 def chunk_miras(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -403,7 +404,7 @@ def chunk_miras(
             chunk loop (minutes at T=4096). The same function (tested); the first call per step shape compiles.
             No effect under an enclosing torch.compile.
     Returns:
-        o [B, T, H, V] in q's dtype (computed in float32, or float64 for float64 input), and the final
+        o [B, T, H, V] in q's dtype (computed in float32 with autocast off, or float64 for float64 input), and the final
         MirasState if output_final_state.
     """
     check_inputs(spec, q, k, v, eta, alpha, momentum, delta, chunk_size)

@@ -11,7 +11,7 @@ import torch
 from miras.memory.architecture import memory_forward
 from miras.memory.bias import upstream
 from miras.memory.retention import retention_map
-from miras.ops.state import MirasState, Weights, check_inputs, compute_dtype, resolve_state
+from miras.ops.state import MirasState, Weights, check_inputs, compute_dtype, resolve_state, without_autocast
 from miras.spec import MemorySpec
 
 
@@ -33,6 +33,7 @@ def _add(a: Weights, b: Weights) -> Weights:
     return tuple(x + y for x, y in zip(a, b))
 
 
+@without_autocast
 def recurrent_step(
     spec: MemorySpec,
     state: MirasState,
@@ -73,6 +74,7 @@ def recurrent_step(
     return o, MirasState(memory, mom, offset, anchor, read if spec.nonlinear_retention else None)
 
 
+@without_autocast
 def naive_recurrent_miras(
     q: torch.Tensor,
     k: torch.Tensor,
