@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -54,12 +55,11 @@ FIXED_WRITE_PRESETS = ("linear_attention", "retnet")  # η ≡ 1
 CONSTANT_DECAY_PRESETS = ("retnet",)  # α is a learned per-head constant
 
 
-@functools.cache
-def _chunk_miras_compiled_steps():
-    """The op with its chunk steps compiled, kept out of an enclosing torch.compile graph: compiling the op itself
-    would unroll its chunk loop (compile time growing with T, minutes at T=4096), while its steps (runs of 8 chunks)
-    compile once for any T. Built on first use: torch.compiler.disable imports dynamo (a second at start-up)."""
-    return torch.compiler.disable(functools.partial(chunk_miras, compile_steps=True))
+# The op with its chunk steps compiled, kept out of an enclosing torch.compile graph: compiling the op itself would
+# unroll its chunk loop (compile time growing with T, minutes at T=4096), while its steps (runs of 8 chunks) compile
+# once for any T. Built when a layer first turns compile_steps on (torch.compiler.disable imports dynamo: a second at
+# start-up), not in forward: dynamo would trace a cached factory there and warn that it ignores the cache.
+_COMPILED_STEPS_OP: list[Callable] = []
 
 
 def use_compiled_steps(module: nn.Module) -> None:
@@ -155,8 +155,6 @@ class MirasLayer(nn.Module):
         if spec is None:
             raise ValueError(f"MirasLayer needs a memory preset; ModelConfig.preset={config.preset!r} has none")
         self.spec, self.mode, self.layer_idx = spec, mode, layer_idx
-        # chunk mode: run the op with compiled chunk steps (chunk_miras(compile_steps=True)), outside any enclosing
-        # torch.compile graph; the trainer's --compile sets it. Execution only: not part of the config.
         self.compile_steps = False
         self.chunk_size = config.chunk_size
         H, D, hidden = config.num_heads, config.head_dim, config.hidden_size
@@ -197,6 +195,19 @@ class MirasLayer(nn.Module):
     def residual_projections(self) -> list[nn.Linear]:
         """Projections that write into the residual stream (their init is scaled down with depth)."""
         return [self.o_proj]
+
+    @property
+    def compile_steps(self) -> bool:
+        """chunk mode: run the op with compiled chunk steps (chunk_miras(compile_steps=True)), outside any enclosing
+        torch.compile graph; the trainer's --compile sets it (`use_compiled_steps`). Execution only: not part of the
+        config."""
+        return self._compile_steps
+
+    @compile_steps.setter
+    def compile_steps(self, on: bool) -> None:
+        if on and not _COMPILED_STEPS_OP:
+            _COMPILED_STEPS_OP.append(torch.compiler.disable(functools.partial(chunk_miras, compile_steps=True)))
+        self._compile_steps = on
 
     def allocate_cache(self, batch_size: int) -> MirasLayerCache:
         """The cache before the first token: the learned initial memory and an all-zero conv history."""
@@ -249,7 +260,11 @@ class MirasLayer(nn.Module):
         q, k, v, conv = self._qkv(x, cache)
         eta, alpha, theta, delta = self._gates(x)
         state = self._initial_memory(B) if cache is None else cache.state
-        op = naive_recurrent_miras if self.mode == "recurrent" else _chunk_miras_compiled_steps() if self.compile_steps else chunk_miras
+        op = chunk_miras
+        if self.mode == "recurrent":
+            op = naive_recurrent_miras
+        elif self._compile_steps:
+            op = _COMPILED_STEPS_OP[0]
         o, state = op(
             q, k, v, eta, alpha, spec=self.spec, chunk_size=self.chunk_size, momentum=theta, delta=delta,
             initial_state=state, output_final_state=cache is not None,
