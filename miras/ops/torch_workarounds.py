@@ -9,10 +9,10 @@ error. Found in the chunk op: `torch.compile(chunk_miras)` gave q and k gradient
 Moneta and Memora, and a variant of the compiled chunk steps every gradient but q's.
 `tests/ops/test_compiled_gradients.py` holds a ten-line reproduction and the op's cases.
 
-miras turns donation off for the whole process: every compile then keeps the saved tensors intact. The backward may
-hold more memory at its peak (not measured); its speed did not change: Moneta fwd+bwd with compiled steps, side by
-side in one process, 0.99x / 1.03x (median / minimum of 15) at T = 4096 and 1.01x / 1.01x at T = 2048 with
-donation off. A user who needs donation back can set
+miras turns donation off for the whole process: every compile then keeps the saved tensors intact. Neither speed
+nor peak memory changed: Moneta fwd+bwd with compiled steps, side by side in one process, 0.99x / 1.03x (median /
+minimum of 15) at T = 4096 and 1.01x / 1.01x at T = 2048 with donation off; its peak (the CPU allocator's events,
+inductor's caches off so that each setting compiled its own graphs) 605.4 MiB at T = 4096 either way. A user who needs donation back can set
 `torch._functorch.config.donated_buffer = True` after importing miras, at the risk above.
 
 Inductor's on-disk cache keys a compiled backward by its graph, not by this setting: a backward compiled with
