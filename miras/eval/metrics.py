@@ -91,8 +91,9 @@ class NLLAccumulator:
             pad = t - self.position_count.numel()
             self.position_nll_sum = F.pad(self.position_nll_sum, (0, pad))
             self.position_count = F.pad(self.position_count, (0, pad))
-        self.position_nll_sum[:t] += nll.double().masked_fill(~mask, 0).sum(0)
-        self.position_count[:t] += mask.sum(0)
+        # the running sums live on the CPU whatever the model's device: a CPU buffer += a CUDA tensor is an error
+        self.position_nll_sum[:t] += nll.double().masked_fill(~mask, 0).sum(0).cpu()
+        self.position_count[:t] += mask.sum(0).cpu()
 
     @property
     def mean_nll(self) -> float:
