@@ -86,6 +86,8 @@ def evaluate_ppl(
         tokens = np.asarray([tokenizer.eos_id, *tokenizer.encode(text_or_tokens)], dtype=np.int64)
         num_bytes = len(text_or_tokens.encode("utf-8"))
     else:
+        if isinstance(text_or_tokens, torch.Tensor):  # numpy cannot read a CUDA tensor
+            text_or_tokens = text_or_tokens.cpu()
         tokens = np.asarray(text_or_tokens, dtype=np.int64)
         if tokens.ndim != 1:
             raise ValueError(f"token ids must be one sequence (1-D), got shape {tuple(tokens.shape)}")

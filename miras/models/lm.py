@@ -70,6 +70,9 @@ class Block(nn.Module):
 
     def step(self, x: torch.Tensor, cache: LayerCache) -> tuple[torch.Tensor, LayerCache]:
         """x [B, hidden] -> (x [B, hidden], the mixer's new cache)."""
+        # With the blocks spread over GPUs (transformers' device_map), accelerate's hooks move the inputs of forward
+        # calls only; step is not one, so x, still on the previous block's device, comes here first.
+        x = x.to(self.mixer_norm.weight.device)
         h, cache = self.mixer.step(self.mixer_norm(x), cache)
         x = x + h
         return x + self.mlp(self.mlp_norm(x)), cache

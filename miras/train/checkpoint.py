@@ -160,7 +160,7 @@ def load_checkpoint(
     path = latest_checkpoint(run_dir)
     state = json.loads((path / STATE_JSON).read_text(encoding="utf-8"))
     tensors = load_file(str(path / STATE_TENSORS))
-    optimizer_state = _join_optimizer(tensors, state["optimizer"])
+    optimizer_state = _with_execution_options(_join_optimizer(tensors, state["optimizer"]), optimizer)
     if is_sharded(model):
         try:
             load_full_state(model, optimizer, load_file(str(path / MODEL_FILE)), optimizer_state)
@@ -171,9 +171,10 @@ def load_checkpoint(
         optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(tensors["rng.cpu"])
-    cuda = sorted(k for k in tensors if k.startswith("rng.cuda."))
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
+    # Each GPU this process sees gets its saved state back; a run resumed on fewer GPUs than saved it drops the rest.
+    for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        if f"rng.cuda.{i}" in tensors:
+            torch.cuda.set_rng_state(tensors[f"rng.cuda.{i}"], i)
     return state["counters"]
 
 
@@ -200,6 +201,19 @@ def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
               for g in meta["param_groups"]]
     return {"state": state, "param_groups": groups}
+
+
+# Param-group options that say how this process runs the update, not what training has learned: a run saved by an
+# optimizer built on the CPU (fused=None) and resumed on CUDA (fused=True) keeps the resuming optimizer's choice.
+# load_state_dict would otherwise replace them with the saved ones (`miras compare` writes its step-0 checkpoints
+# on the CPU, so its CUDA runs trained with unfused AdamW).
+EXECUTION_OPTIONS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def _with_execution_options(saved: dict, optimizer: torch.optim.Optimizer) -> dict:
+    for group, current in zip(saved["param_groups"], optimizer.param_groups):
+        group.update({k: current[k] for k in EXECUTION_OPTIONS if k in current})
+    return saved
 
 
 def _rng_states() -> dict[str, torch.Tensor]:

@@ -135,7 +135,9 @@ def test_checkpoint_round_trip(tmp_path):
 
     torch.manual_seed(1)  # a differently initialized model
     fresh = MirasLM(config)
-    fresh_optimizer = torch.optim.AdamW(param_groups(fresh, 0.1), lr=1e-3, betas=(0.9, 0.95))
+    # fused, as `miras train` builds it on CUDA, resuming a checkpoint an unfused optimizer wrote (`miras compare`'s
+    # step-0 checkpoints are written on the CPU): the resuming optimizer's execution options stay
+    fresh_optimizer = torch.optim.AdamW(param_groups(fresh, 0.1), lr=1e-3, betas=(0.9, 0.95), fused=True)
     fresh_scheduler = torch.optim.lr_scheduler.LambdaLR(fresh_optimizer, WarmupCosine(2, None, 0.1))
     counters = load_checkpoint(run, fresh, fresh_optimizer, fresh_scheduler)
     assert counters == {"step": 3, "tokens": 240, "elapsed_s": 1.5}
@@ -144,9 +146,13 @@ def test_checkpoint_round_trip(tmp_path):
     assert fresh_scheduler.last_epoch == 3 and fresh_scheduler.lr_lambdas[0].total == 10
     assert fresh_optimizer.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
     assert fresh_optimizer.param_groups[0]["betas"] == (0.9, 0.95)
+    assert [g["fused"] for g in fresh_optimizer.param_groups] == [True, True]
+    assert [g["fused"] for g in optimizer.param_groups] == [None, None]
     for p, q in zip(model.parameters(), fresh.parameters()):
         a, b = optimizer.state[p], fresh_optimizer.state[q]
         assert all(torch.equal(a[k], b[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+    fresh(input_ids, labels=input_ids).loss.backward()
+    fresh_optimizer.step()  # the fused update runs on the loaded state
 
 
 def test_checkpoint_folder_has_no_pickles(tmp_path, data):
