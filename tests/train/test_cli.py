@@ -50,6 +50,12 @@ def test_module_entry_point():
     assert "--max-minutes" in out.stdout and "usage: miras train" in out.stdout
 
 
+def test_package_entry_point():
+    """`python -m miras COMMAND`: every command without the installed script (a checkout on PYTHONPATH)."""
+    out = subprocess.run([sys.executable, "-m", "miras", "bench", "--help"], capture_output=True, text=True, check=True)
+    assert "usage: miras bench" in out.stdout and "--dtype" in out.stdout
+
+
 def test_cli_train_writes_a_run(tiny_run):
     run = tiny_run
     assert (run / "latest").read_text().strip() == "checkpoint-0000004"
