@@ -35,3 +35,12 @@ def test_lm_eval_knows_miras_at_start_up_without_importing_miras():
     assert done.returncode == 0, done.stderr
     # Registered as a lazy placeholder: neither miras nor torch is imported until `--model miras` is asked for.
     assert done.stdout.split() == ["True", "False", "False"]
+
+
+def test_a_checkout_that_is_not_installed_imports():
+    """From a checkout on PYTHONPATH (no miras.pth, no top-level _miras_import_hooks: `PYTHONPATH=. python -m miras`
+    on a machine whose PyTorch must stay), `import miras` takes the source tree's plugins/ copy of the hooks."""
+    code = ("import sys; sys.modules['_miras_import_hooks'] = None  # as if not installed\n"
+            "import miras, _miras_import_hooks; print(_miras_import_hooks.__file__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("plugins/_miras_import_hooks.py")

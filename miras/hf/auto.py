@@ -9,10 +9,31 @@ import order, and without transformers installed the hook never fires.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import warnings
+from pathlib import Path
 
-# A top-level module of this distribution (plugins/ in the source tree), importable without importing torch.
-from _miras_import_hooks import after_import
+
+def _import_hooks():
+    """`_miras_import_hooks`: a top-level module of this distribution (plugins/ in the source tree), importable
+    without importing torch once miras is installed. From a checkout on PYTHONPATH that is not installed (`PYTHONPATH=.
+    python -m miras ...` on a machine whose PyTorch must stay), the source tree's copy, under the same name."""
+    try:
+        import _miras_import_hooks
+    except ModuleNotFoundError:
+        path = Path(__file__).resolve().parents[2] / "plugins" / "_miras_import_hooks.py"
+        if not path.is_file():
+            raise ModuleNotFoundError(f"_miras_import_hooks is neither installed nor at {path}: reinstall miras "
+                                      "(pip install -e .)") from None
+        spec = importlib.util.spec_from_file_location("_miras_import_hooks", path)
+        _miras_import_hooks = importlib.util.module_from_spec(spec)
+        sys.modules["_miras_import_hooks"] = _miras_import_hooks
+        spec.loader.exec_module(_miras_import_hooks)
+    return _miras_import_hooks
+
+
+after_import = _import_hooks().after_import
 
 CONFIG_AUTO = "transformers.models.auto.configuration_auto"
 MODELING_AUTO = "transformers.models.auto.modeling_auto"

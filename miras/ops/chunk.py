@@ -20,6 +20,7 @@ from miras.memory.bias import upstream
 from miras.memory.retention import retention_weights
 from miras.ops.linear_chunks import group_size, linear_chunks, linear_chunks_apply, masked_decay
 from miras.ops.state import TINY_GATE, MirasState, Weights, check_inputs, compute_dtype, resolve_state, without_autocast
+from miras.ops.torch_workarounds import compile_static
 from miras.spec import MemorySpec
 
 def _decay_products(gate: torch.Tensor) -> torch.Tensor:
@@ -360,7 +361,7 @@ def _compiled(step: Callable) -> Callable:
     would be a recompilation. Each spec, shape and dtype is a graph of its own too, so the limit on graphs per
     function is raised from dynamo's 8 (after which it warns and runs eager: a benchmark of five presets and a model
     hit it) to RECOMPILE_LIMIT."""
-    compiled = torch.compile(step, dynamic=False, recompile_limit=RECOMPILE_LIMIT)
+    compiled = compile_static(step, RECOMPILE_LIMIT)
     return lambda *args, **kwargs: compiled(*_contiguous(args), **kwargs)
 
 

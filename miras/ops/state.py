@@ -136,6 +136,11 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+# The device types with an autocast, asked once at import: dynamo (torch 2.11) cannot trace
+# torch.amp.is_autocast_available inside a compiled op, a set lookup it can.
+AUTOCAST_DEVICES = frozenset(d for d in ("cpu", "cuda", "xpu", "hpu", "mps") if torch.amp.is_autocast_available(d))
+
+
 def without_autocast(op: Callable) -> Callable:
     """`op` with autocast off on its inputs' device while it runs, so that it computes in `compute_dtype` inside a
     bf16/fp16 autocast region too (`miras train` runs the model under bf16 autocast on CUDA).
@@ -150,8 +155,7 @@ def without_autocast(op: Callable) -> Callable:
     @functools.wraps(op)
     def run(*args, **kwargs):
         device = next((x.device.type for x in (*args, *kwargs.values()) if isinstance(x, torch.Tensor)), None)
-        available = device is not None and torch.amp.is_autocast_available(device)
-        with torch.autocast(device, enabled=False) if available else contextlib.nullcontext():
+        with torch.autocast(device, enabled=False) if device in AUTOCAST_DEVICES else contextlib.nullcontext():
             return op(*args, **kwargs)
 
     return run

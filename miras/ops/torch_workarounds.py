@@ -1,6 +1,7 @@
-"""A torch bug that gives wrong gradients under torch.compile, and what miras sets to avoid it (on import of miras.ops).
+"""What miras does about torch's versions: a bug that gives wrong gradients under torch.compile (turned off on import
+of miras.ops), and an argument that only newer versions of torch.compile take.
 
-Donated buffers (torch >= 2.6, up to at least 2.13): AOT autograd lets the compiled backward reuse the memory of a
+**Donated buffers** (torch >= 2.6, up to at least 2.13): AOT autograd lets the compiled backward reuse the memory of a
 tensor saved for backward once its last use has passed ("donates" it). It checks that the saved tensor does not
 alias the graph's inputs or outputs, but not that it does not alias another saved tensor. When the forward saves a
 tensor and a view of it (say the gate coefficients of all chunks and one chunk's slice of them, or x and x.T),
@@ -12,19 +13,40 @@ Moneta and Memora, and a variant of the compiled chunk steps every gradient but 
 miras turns donation off for the whole process: every compile then keeps the saved tensors intact. Neither speed
 nor peak memory changed: Moneta fwd+bwd with compiled steps, side by side in one process, 0.99x / 1.03x (median /
 minimum of 15) at T = 4096 and 1.01x / 1.01x at T = 2048 with donation off; its peak (the CPU allocator's events,
-inductor's caches off so that each setting compiled its own graphs) 605.4 MiB at T = 4096 either way. A user who needs donation back can set
-`torch._functorch.config.donated_buffer = True` after importing miras, at the risk above.
+inductor's caches off so that each setting compiled its own graphs) 605.4 MiB at T = 4096 either way. A user who
+needs donation back can set `torch._functorch.config.donated_buffer = True` after importing miras, at the risk
+above.
 
 Inductor's on-disk cache keys a compiled backward by its graph, not by this setting: a backward compiled with
 donation before (by an older miras, or in a process that set it back) can still be served from the cache. Clear
 it (`TORCHINDUCTOR_CACHE_DIR`, by default /tmp/torchinductor_$USER) after upgrading from such a version.
+
+**A limit on graphs per compiled function.** `torch.compile(fn, recompile_limit=n)` exists in torch 2.13 (what CI
+runs) but not in 2.11 (the GPU machines' build, where it was a TypeError). There dynamo only has a process-wide limit
+(`torch._dynamo.config.recompile_limit`, 8 by default), which `compile_static` raises to n instead.
 """
 
 from __future__ import annotations
 
+import inspect
+from typing import Callable
+
+import torch
 import torch._functorch.config
 
 
 def keep_saved_tensors() -> None:
-    """Turn off AOT autograd's donated buffers (see the module docstring)."""
-    torch._functorch.config.donated_buffer = False
+    """Turn off AOT autograd's donated buffers (see the module docstring); torch versions without them have no bug."""
+    if hasattr(torch._functorch.config, "donated_buffer"):
+        torch._functorch.config.donated_buffer = False
+
+
+def compile_static(fn: Callable, recompile_limit: int) -> Callable:
+    """torch.compile(fn, dynamic=False) that may hold `recompile_limit` graphs (see the module docstring)."""
+    if "recompile_limit" in inspect.signature(torch.compile).parameters:
+        return torch.compile(fn, dynamic=False, recompile_limit=recompile_limit)
+    import torch._dynamo.config as dynamo  # older torch: the process-wide limit
+
+    name = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
+    setattr(dynamo, name, max(getattr(dynamo, name), recompile_limit))
+    return torch.compile(fn, dynamic=False)
