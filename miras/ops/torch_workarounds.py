@@ -36,17 +36,15 @@ import torch._functorch.config
 
 
 def keep_saved_tensors() -> None:
-    """Turn off AOT autograd's donated buffers (see the module docstring); torch versions without them have no bug."""
-    if hasattr(torch._functorch.config, "donated_buffer"):
-        torch._functorch.config.donated_buffer = False
+    """Turn off AOT autograd's donated buffers (see the module docstring)."""
+    torch._functorch.config.donated_buffer = False
 
 
 def compile_static(fn: Callable, recompile_limit: int) -> Callable:
     """torch.compile(fn, dynamic=False) that may hold `recompile_limit` graphs (see the module docstring)."""
     if "recompile_limit" in inspect.signature(torch.compile).parameters:
         return torch.compile(fn, dynamic=False, recompile_limit=recompile_limit)
-    import torch._dynamo.config as dynamo  # older torch: the process-wide limit
+    import torch._dynamo.config as dynamo  # torch 2.11: the process-wide limit
 
-    name = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
-    setattr(dynamo, name, max(getattr(dynamo, name), recompile_limit))
+    dynamo.recompile_limit = max(dynamo.recompile_limit, recompile_limit)
     return torch.compile(fn, dynamic=False)
