@@ -21,6 +21,7 @@ from miras import presets
 from miras.bench import model, ops
 from miras.bench.report import verdict, say, targets, write_all
 from miras.bench.timing import Settings
+from miras.ops.precision import tf32_matmuls
 
 SECTIONS = ("grid", "naive", "linear", "titans", "memory", "model", "compile")
 DEFAULT_SECTIONS = SECTIONS  # the compile section only counts graph breaks unless --compile (compiling takes minutes)
@@ -72,6 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode-steps", type=int, help="timed decode steps per context")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--tf32", action="store_true",
+                   help="CUDA only: float32 matmuls on TF32 tensor cores, the op's included (it computes in float32 whatever --dtype)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="output folder")
 
@@ -93,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, command: list[str]) -> int:
     """Run the suite for parsed flags; `command` (the words that started it) is recorded with the results."""
+    if args.tf32 and torch.device(args.device).type != "cuda":
+        print(f"miras bench: --tf32 is for CUDA GPUs, but --device is {args.device}", file=sys.stderr)
+        return 2
+    with tf32_matmuls(args.tf32):  # the correctness checks run in float64, which TF32 leaves alone
+        return _run(args, command)
+
+
+def _run(args: argparse.Namespace, command: list[str]) -> int:
     plan = {**(FULL if args.full else QUICK), **{k: v for k, v in vars(args).items() if v is not None and k in QUICK}}
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -105,7 +116,7 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         "command": shlex.join(command),
         "device": str(device), "device_name": _device_name(device), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg(),
-        "dtype": args.dtype, "shape": dataclasses.asdict(shape), "sections": sections,
+        "dtype": args.dtype, "tf32": args.tf32, "shape": dataclasses.asdict(shape), "sections": sections,
         "repeats": settings.repeats, "warmup": settings.warmup, "slow_repeats": settings.slow_repeats,
         "memory_method": "torch.cuda.max_memory_allocated" if device.type == "cuda"
         else "torch.profiler allocation events of the CPU allocator (peak of their running sum)",

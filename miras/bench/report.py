@@ -148,7 +148,7 @@ def markdown(results: dict) -> str:
     meta = results["meta"]
     out = [f"# miras bench ({meta['date']})", "",
            f"`{meta['command']}` on {meta['device_name']} ({meta['cpu_count']} cores, load average "
-           f"{meta['load_average_at_start'][0]:.1f} at the start{_end_load(meta)}), torch {meta['torch']}, torch threads: {meta['threads']}, dtype {meta['dtype']}; "
+           f"{meta['load_average_at_start'][0]:.1f} at the start{_end_load(meta)}), torch {meta['torch']}, torch threads: {meta['threads']}, dtype {meta['dtype']}{' with TF32 matmuls' if meta.get('tf32') else ''}; "
            f"B={meta['shape']['batch']}, H={meta['shape']['heads']}, K=V={meta['shape']['head_dim']}. Times are medians of "
            f"{meta['repeats']} round-robin samples after {meta['warmup']} warm-up call(s) ({meta['slow_repeats']} for the slow references). "
            f"Peak memory: {meta['memory_method']}.", ""]

@@ -62,6 +62,8 @@ GROUPS: dict[str, dict[str, str]] = {
         "threads": "CPU threads (-1: all cores this process may use)",
         "compile": "torch.compile the model for training; its memory ops compile their chunk steps (8 chunks per call), "
         "outside the model graph (compile time independent of the sequence length; ~1.5 min cold on 2 cores)",
+        "tf32": "CUDA only: run float32 matmuls on TF32 tensor cores (10-bit mantissa), the memory op's included: it "
+        "computes in float32 under bf16 autocast; off, they are exact float32",
         "tensorboard": "also write TensorBoard logs to <run folder>/tensorboard",
         "progress": "show progress bars",
         "parallel": "with several processes (torchrun --nproc-per-node N): ddp (a model replica per process) or "

@@ -47,7 +47,8 @@ from miras.layers.conv import ShortConvolution
 from miras.layers.rope import RotaryEmbedding
 from miras.memory.architecture import init_weights, weight_shapes
 from miras.ops import MirasState, chunk_miras, naive_recurrent_miras, recurrent_step
-from miras.ops.state import compute_dtype, resolve_state
+from miras.ops.precision import compute_dtype
+from miras.ops.state import resolve_state
 from miras.spec import MemorySpec
 
 MODES = ("chunk", "recurrent")

@@ -19,7 +19,8 @@ from miras.memory.architecture import activation, activation_derivative
 from miras.memory.bias import upstream
 from miras.memory.retention import retention_weights
 from miras.ops.linear_chunks import group_size, linear_chunks, linear_chunks_apply, masked_decay
-from miras.ops.state import TINY_GATE, MirasState, Weights, check_inputs, compute_dtype, resolve_state, without_autocast
+from miras.ops.precision import compute_dtype, without_autocast
+from miras.ops.state import TINY_GATE, MirasState, Weights, check_inputs, resolve_state
 from miras.ops.torch_workarounds import compile_static
 from miras.spec import MemorySpec
 

@@ -11,7 +11,8 @@ import torch
 from miras.memory.architecture import memory_forward
 from miras.memory.bias import upstream
 from miras.memory.retention import retention_map
-from miras.ops.state import MirasState, Weights, check_inputs, compute_dtype, resolve_state, without_autocast
+from miras.ops.precision import compute_dtype, without_autocast
+from miras.ops.state import MirasState, Weights, check_inputs, resolve_state
 from miras.spec import MemorySpec
 
 

@@ -24,7 +24,7 @@ PARALLEL = ("ddp", "fsdp")  # how several processes (torchrun) split the work; s
 # ModelConfig fields the trainer can override on top of a named size (-1: keep the size's value).
 MODEL_OVERRIDES = ("hidden_size", "num_hidden_layers", "num_heads", "chunk_size")
 # Fields a resumed run may change: they stop, place or report the run but do not change what it computes.
-RESUMABLE = ("max_steps", "max_minutes", "device", "threads", "compile", "tensorboard", "progress", "parallel")
+RESUMABLE = ("max_steps", "max_minutes", "device", "threads", "compile", "tf32", "tensorboard", "progress", "parallel")
 
 
 class ConfigError(ValueError):
@@ -89,6 +89,7 @@ class TrainConfig:
     dtype: str = "auto"  # float32 on CPU (bf16 matmuls are ~150x slower there); bf16 autocast on CUDA
     threads: int = -1  # CPU threads; -1 = the cores this process may use (shared evenly by a node's processes)
     compile: bool = False
+    tf32: bool = False  # CUDA: float32 matmuls (the memory op's, under autocast too) on TF32 tensor cores
     tensorboard: bool = False
     progress: bool = True
     parallel: str = "ddp"  # with several processes: "ddp" (replicas) or "fsdp" (FSDP2, sharded); see distributed.py
@@ -126,7 +127,9 @@ class TrainConfig:
             raise ConfigError("max_steps", "set max_steps or max_minutes (both are -1: the run would never end)")
         if self.dtype == "bfloat16" and self.device == "cpu":
             raise ConfigError("dtype", "bfloat16 autocast is for CUDA; on CPU it is ~150x slower than float32")
-        for name in ("compile", "tensorboard", "progress"):
+        if self.tf32 is True and self.device == "cpu":
+            raise ConfigError("tf32", "TF32 matmuls are for CUDA GPUs (Ampere or newer); the device is cpu")
+        for name in ("compile", "tf32", "tensorboard", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"must be True or False, got {getattr(self, name)!r}")
         # Fail on a missing data path now, not after the model is built. Unreadable contents (binary, bad UTF-8)

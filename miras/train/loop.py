@@ -32,6 +32,7 @@ from miras.data import CORPORA, Tokenizer, TokenBatches, iter_documents, load_co
 from miras.eval.metrics import NLLAccumulator, perplexity
 from miras.layers.miras_layer import Gate, use_compiled_steps
 from miras.models import MirasLM
+from miras.ops.precision import tf32_matmuls
 from miras.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from miras.train.config import ConfigError, TrainConfig, changed_fields, resume_config
 from miras.train.distributed import Distributed, full_model_state, is_sharded, parallelize
@@ -305,7 +306,8 @@ def train(config: TrainConfig) -> TrainResult:
         latest_checkpoint(config.resume)  # fail before building anything when there is nothing to resume
     distributed = Distributed.start(config.device)
     try:
-        return _train(config, distributed)
+        with tf32_matmuls(config.tf32):
+            return _train(config, distributed)
     finally:
         distributed.close()
 
@@ -320,6 +322,8 @@ def _train(config: TrainConfig, distributed: Distributed) -> TrainResult:
     if device.type == "cpu":  # the processes of a node share its cores
         torch.set_num_threads(config.threads if config.threads != -1 else max(1, cores // distributed.local_world_size))
     autocast = _autocast(device, config.dtype)
+    if config.tf32 and device.type != "cuda":
+        raise ConfigError("tf32", f"TF32 matmuls are for CUDA GPUs (Ampere or newer), but the device is {device}")
     log = tqdm.write if main else _quiet  # tqdm.write prints without breaking the progress bar
 
     # -- tokenizer, data and run folder. Rank 0 goes first: it trains the tokenizer, fills the token cache and

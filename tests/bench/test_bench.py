@@ -162,6 +162,12 @@ def test_main_writes_reports(tmp_path):
     assert (tmp_path / "time_vs_T.png").stat().st_size > 0
 
 
+def test_tf32_on_the_cpu_is_refused(tmp_path, capsys):
+    assert main(["--tf32", "--device", "cpu", "--out", str(tmp_path)]) == 2
+    assert "--tf32 is for CUDA GPUs, but --device is cpu" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_main_model_and_memory_sections(tmp_path):
     argv = ["--only", "naive", "memory", "model", *TINY, "--naive-T", "16", "--memory-T", "32", "64", "--memory-presets",
             "gated_deltanet", "--train-seq-lens", "16", "--decode-contexts", "8", "16", "--decode-steps", "2", "--out", str(tmp_path)]

@@ -1,7 +1,7 @@
 """Inside a bf16 autocast region the memory op computes exactly what it computes outside one, in float32: output,
 final state and every gradient, bit for bit. Autocast would otherwise run its matmuls, those that build the memory
 chunk after chunk included, in bf16 (`miras train` autocasts the model on CUDA; see `without_autocast` in
-miras/ops/state.py). CPU autocast covers the same ops as CUDA's."""
+miras/ops/precision.py). CPU autocast covers the same ops as CUDA's."""
 
 from __future__ import annotations
 

@@ -211,12 +211,22 @@ def test_unigram_is_add_one_smoothed():
         (dict(batch_size=0), "batch_size"),
         (dict(betas=(0.9, 1.5)), "betas"),
         (dict(max_steps=-1, max_minutes=-1), "max_steps"),
+        (dict(tf32=True, device="cpu"), "tf32"),
+        (dict(tf32="yes"), "tf32"),
     ],
 )
 def test_bad_config_names_the_field(changes, field):
     with pytest.raises(ConfigError) as info:
         TrainConfig(**changes)
     assert info.value.field == field and str(info.value).startswith(field + ":")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the device 'auto' picks must be the CPU")
+def test_tf32_on_an_auto_device_that_is_the_cpu_is_refused(data, tmp_path):
+    config = tiny_config(tmp_path, data, tf32=True)
+    with pytest.raises(ConfigError, match="^tf32: TF32 matmuls are for CUDA GPUs"):
+        train(config)
+    assert not (tmp_path / "run").exists() and not torch.backends.cuda.matmul.allow_tf32
 
 
 def test_resume_refuses_changes_that_alter_the_run(tmp_path, data):
