@@ -96,11 +96,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, command: list[str]) -> int:
     """Run the suite for parsed flags; `command` (the words that started it) is recorded with the results."""
-    if args.tf32 and torch.device(args.device).type != "cuda":
-        print(f"miras bench: --tf32 is for CUDA GPUs, but --device is {args.device}", file=sys.stderr)
+    problem = _device_problem(args.device, args.tf32)
+    if problem:
+        print(f"miras bench: {problem}", file=sys.stderr)
         return 2
     with tf32_matmuls(args.tf32):  # the correctness checks run in float64, which TF32 leaves alone
         return _run(args, command)
+
+
+def _device_problem(name: str, tf32: bool) -> str | None:
+    """What is wrong with --device (and --tf32 on it), or None."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        return f"--device {name!r} is not a device: cpu or cuda[:i]"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return f"--device {name}, but torch sees no CUDA device (torch {torch.__version__})"
+    if tf32 and device.type != "cuda":
+        return f"--tf32 is for CUDA GPUs, but --device is {name}"
+    return None
 
 
 def _run(args: argparse.Namespace, command: list[str]) -> int:

@@ -162,9 +162,15 @@ def test_main_writes_reports(tmp_path):
     assert (tmp_path / "time_vs_T.png").stat().st_size > 0
 
 
-def test_tf32_on_the_cpu_is_refused(tmp_path, capsys):
-    assert main(["--tf32", "--device", "cpu", "--out", str(tmp_path)]) == 2
-    assert "--tf32 is for CUDA GPUs, but --device is cpu" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, problem", [
+    (["--tf32", "--device", "cpu"], "--tf32 is for CUDA GPUs, but --device is cpu"),
+    (["--device", "gpu"], "--device 'gpu' is not a device: cpu or cuda[:i]"),
+    pytest.param(["--device", "cuda"], "--device cuda, but torch sees no CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")),
+])
+def test_bad_device_flags_are_refused_before_anything_runs(tmp_path, capsys, argv, problem):
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    assert problem in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 
