@@ -35,6 +35,7 @@ MLP_PRESETS = tuple(name for name, preset in presets.PRESETS.items() if preset()
 MATMUL_SHAPE = (2048, 512, 2048)
 # A grid name with this suffix times chunk_miras(compile_steps=True): the chunks' steps under torch.compile.
 COMPILE_STEPS = "+compile_steps"
+SDPA = "causal SDPA"  # its entries in the grid's comparison, beside the presets' names
 
 
 def grid_op(name: str) -> tuple[Callable, MemorySpec]:
@@ -207,33 +208,44 @@ def check_correctness(preset_names: list[str], device, chunk_size: int = 16, T: 
 
 
 def run_grid(settings: Settings, shape: Shape, preset_names: list[str], seq_lens: list[int], chunk_sizes: list[int]) -> list[dict]:
-    """Time (fwd, fwd+bwd) and peak memory of the op for every preset × chunk size × T; causal SDPA with the same
-    shapes is timed beside it at the first chunk size."""
+    """Time (fwd, fwd+bwd) and peak memory of the op for every preset × chunk size × T, one row each (sorted by
+    preset, chunk size, T); causal SDPA with the same shapes is timed at the first chunk size.
+
+    At each chunk size and T, every preset and SDPA run round-robin in one comparison, so all presets are set against
+    the same SDPA samples, taken in the same minutes. Timed beside each preset separately, SDPA's median at one T
+    moved by up to 20% from preset to preset on a busy host (447-548 ms at T = 4096), enough to flip which side of
+    SDPA a preset came out on."""
     rows = []
     dev, dt = settings.device, settings.dtype
-    for name in preset_names:
-        op, spec = grid_op(name)
-        for chunk in chunk_sizes:
-            for T in seq_lens:
+    preset_names = list(dict.fromkeys(preset_names))  # a name given twice is one contender
+    for chunk in chunk_sizes:
+        for T in seq_lens:
+            fns = {}
+            for name in preset_names:
+                op, spec = grid_op(name)
                 call = op_call(op, spec, shape, T, chunk, dev, dt)
-                fns = {"fwd": forward_fn(call.output), "fwdbwd": train_fn(call.output, call.leaves)}
-                if chunk == chunk_sizes[0]:
-                    attn, qkv = sdpa_call(shape, T, dev, dt)
-                    fns |= {"sdpa_fwd": forward_fn(attn), "sdpa_fwdbwd": train_fn(attn, qkv)}
-                timings = compare(fns, device=dev, repeats=settings.repeats, warmup=settings.warmup)
-                tokens = shape.batch * T
-                row = {"preset": name, "chunk_size": chunk, "T": T, "tokens": tokens}
-                for key, t in timings.items():
-                    row[key] = t.to_dict() | {"tokens_per_s": tokens / t.median, "peak_bytes": peak_memory(fns[key], dev)}
+                fns |= {(name, "fwd"): forward_fn(call.output), (name, "fwdbwd"): train_fn(call.output, call.leaves)}
+            if chunk == chunk_sizes[0]:
+                attn, qkv = sdpa_call(shape, T, dev, dt)
+                fns |= {(SDPA, "sdpa_fwd"): forward_fn(attn), (SDPA, "sdpa_fwdbwd"): train_fn(attn, qkv)}
+            timings = compare(fns, device=dev, repeats=settings.repeats, warmup=settings.warmup)
+            tokens = shape.batch * T
+            measured = {key: t.to_dict() | {"tokens_per_s": tokens / t.median, "peak_bytes": peak_memory(fns[key], dev)}
+                        for key, t in timings.items()}
+            sdpa = {kind: m for (name, kind), m in measured.items() if name == SDPA}
+            for name in preset_names:
+                row = {"preset": name, "chunk_size": chunk, "T": T, "tokens": tokens,
+                       "fwd": measured[name, "fwd"], "fwdbwd": measured[name, "fwdbwd"], **sdpa}
                 if dev.type == "cpu":
-                    row["fwdbwd"]["rss_rise_bytes"] = rss_rise(fns["fwdbwd"])
+                    row["fwdbwd"]["rss_rise_bytes"] = rss_rise(fns[name, "fwdbwd"])
                 rows.append(row)
-                line = f"[grid] {name} chunk={chunk} T={T}: fwd {_ms(timings['fwd'])}, fwd+bwd {_ms(timings['fwdbwd'])}"
-                line += f" ({tokens / timings['fwdbwd'].median:.0f} tok/s, peak {row['fwdbwd']['peak_bytes'] / 2**20:.0f} MiB)"
-                if "sdpa_fwdbwd" in timings:
-                    line += f"; SDPA fwd+bwd {_ms(timings['sdpa_fwdbwd'])}"
+                line = f"[grid] {name} chunk={chunk} T={T}: fwd {_ms(timings[name, 'fwd'])}, fwd+bwd {_ms(timings[name, 'fwdbwd'])}"
+                line += f" ({tokens / timings[name, 'fwdbwd'].median:.0f} tok/s, peak {row['fwdbwd']['peak_bytes'] / 2**20:.0f} MiB)"
+                if sdpa:
+                    line += f"; SDPA fwd+bwd {_ms(timings[SDPA, 'sdpa_fwdbwd'])}"
                 say(line)
-    return rows
+    order = {name: i for i, name in enumerate(preset_names)}
+    return sorted(rows, key=lambda r: (order[r["preset"]], chunk_sizes.index(r["chunk_size"]), r["T"]))
 
 
 def sdpa_crossover(rows: list[dict]) -> list[dict]:

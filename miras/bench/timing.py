@@ -13,7 +13,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Hashable, Iterator
 
 import torch
 
@@ -59,14 +59,15 @@ def time_call(fn: Fn, device: torch.device) -> float:
 
 
 def compare(
-    fns: dict[str, Fn],
+    fns: dict[Hashable, Fn],
     *,
     device: torch.device,
-    repeats: int | dict[str, int],
+    repeats: int | dict[Hashable, int],
     warmup: int,
-    warmup_fns: dict[str, Fn] | None = None,
-) -> dict[str, Timing]:
-    """Time every fn `repeats` times (an int, or one count per name) after `warmup` untimed calls, round-robin.
+    warmup_fns: dict[Hashable, Fn] | None = None,
+) -> dict[Hashable, Timing]:
+    """Time every fn `repeats` times (an int, or one count per name) after `warmup` untimed calls, round-robin. The
+    names are any keys (strings, or tuples such as (preset, kind)).
 
     warmup_fns replaces a contender's warm-up call (a slow reference can warm up on a short input). The start of
     each round rotates, so no contender always runs right after the same neighbour.

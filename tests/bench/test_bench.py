@@ -70,6 +70,19 @@ def _row(T, op, sdpa):
     return {"preset": "p", "chunk_size": 64, "T": T, "fwdbwd": {"median_s": op}, "sdpa_fwdbwd": {"median_s": sdpa}}
 
 
+def test_grid_sets_every_preset_against_the_same_sdpa_samples():
+    settings = Settings(CPU, torch.float32, repeats=3, warmup=0, slow_repeats=1)
+    rows = ops.run_grid(settings, ops.Shape(1, 1, 8), ["retnet", "gated_deltanet", "retnet"], [16, 32], [8, 16])
+    assert [(r["preset"], r["chunk_size"], r["T"]) for r in rows] == [
+        (name, chunk, T) for name in ("retnet", "gated_deltanet") for chunk in (8, 16) for T in (16, 32)]
+    for T in (16, 32):
+        at_T = [r for r in rows if r["T"] == T and r["chunk_size"] == 8]
+        assert at_T[0]["sdpa_fwdbwd"]["samples_s"] == at_T[1]["sdpa_fwdbwd"]["samples_s"]
+        assert at_T[0]["fwdbwd"]["samples_s"] != at_T[1]["fwdbwd"]["samples_s"]
+        assert len(at_T[0]["sdpa_fwdbwd"]["samples_s"]) == 3
+    assert not any("sdpa_fwdbwd" in r for r in rows if r["chunk_size"] == 16)
+
+
 def test_sdpa_crossover_measured_interpolated_and_extrapolated():
     # Slower at 2048 (ratio 1/2), faster at 4096 (ratio 2): linear in log-log, the ratio is 1 half-way, at 2048·√2.
     measured = ops.sdpa_crossover([_row(1024, 2.0, 1.0), _row(2048, 4.0, 2.0), _row(4096, 4.0, 8.0), _row(8192, 8.0, 32.0)])[0]
