@@ -306,6 +306,9 @@ def train(config: TrainConfig) -> TrainResult:
         latest_checkpoint(config.resume)  # fail before building anything when there is nothing to resume
     distributed = Distributed.start(config.device)
     try:
+        if config.tf32 and distributed.device.type != "cuda":  # checked before the process-wide flag is set
+            raise ConfigError("tf32", f"TF32 matmuls are for CUDA GPUs (Ampere or newer), but the device is "
+                                      f"{distributed.device}")
         with tf32_matmuls(config.tf32):
             return _train(config, distributed)
     finally:
@@ -322,8 +325,6 @@ def _train(config: TrainConfig, distributed: Distributed) -> TrainResult:
     if device.type == "cpu":  # the processes of a node share its cores
         torch.set_num_threads(config.threads if config.threads != -1 else max(1, cores // distributed.local_world_size))
     autocast = _autocast(device, config.dtype)
-    if config.tf32 and device.type != "cuda":
-        raise ConfigError("tf32", f"TF32 matmuls are for CUDA GPUs (Ampere or newer), but the device is {device}")
     log = tqdm.write if main else _quiet  # tqdm.write prints without breaking the progress bar
 
     # -- tokenizer, data and run folder. Rank 0 goes first: it trains the tokenizer, fills the token cache and
