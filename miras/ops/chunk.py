@@ -398,6 +398,8 @@ def chunk_miras(
         q, k: [B, T, H, K]; v: [B, T, H, V].
         eta: [B, T, H] inner learning rate (> 0); alpha: [B, T, H] retention in [0, 1] (None for retention="none");
         momentum: [B, T, H] θ in [0, 1] (algorithm="momentum"); delta: [B, T, H] Huber δ > 0 (bias="huber").
+            α and θ are taken in log space: a gate's own gradient loses digits near 0 and is 0 at exactly 0 (README
+            section 2, "Gates near 0"; a gate computed through a sigmoid is not affected).
         chunk_size: tokens per chunk; every gradient in a chunk is taken at the chunk's anchor. Any T works.
         initial_state: None (zeros, linear memory only), the memory weights, or a MirasState.
         compile_steps: run the chunks' steps through torch.compile, full chunks COMPILED_RUN per call (README

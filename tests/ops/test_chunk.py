@@ -153,6 +153,34 @@ def test_float32_finite_for_large_norm_inputs(preset):
     assert torch.isfinite(q.grad).all()
 
 
+@pytest.mark.parametrize("preset", ["gated_deltanet", "mamba2", "titans", "yaad", "moneta", "memora"])
+def test_gates_of_zero_are_hard_resets(preset):
+    """α = 0 and θ = 0 (a hard reset) at a chunk's first token (the lag token of a non-linear retention), inside a
+    chunk and at its last: the token loop's outputs, state and gradients, except the zero gates' own gradients,
+    which the log-space decays leave at 0 (miras/ops/README.md section 2, "Gates near 0"); a lag token's step takes
+    its gates as they are, so its gradients are exact."""
+    spec = presets.get(preset)
+    lag = [8] if spec.nonlinear_retention else []
+    erased = [t for t in [3, 7, 8, 13] if t not in lag]
+    q, k, v, gates, state, leaves = make_inputs(spec, T=21, requires_grad=True)
+    with torch.no_grad():
+        for name in ("alpha", "momentum"):
+            if gates[name] is not None:
+                gates[name][:, erased + lag] = 0.0
+    o_ref, s_ref = _run(naive_recurrent_miras, spec, q, k, v, gates, state, 8)
+    o, s = _run(chunk_miras, spec, q, k, v, gates, state, 8)
+    torch.testing.assert_close(o, o_ref, rtol=1e-9, atol=1e-9)
+    for a, b in zip(_state_tensors(s), _state_tensors(s_ref), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    got = torch.autograd.grad([o, *s.memory], leaves, [torch.ones_like(o), *map(torch.ones_like, s.memory)])
+    want = torch.autograd.grad([o_ref, *s_ref.memory], leaves, [torch.ones_like(o), *map(torch.ones_like, s.memory)])
+    for leaf, a, b in zip(leaves, got, want, strict=True):
+        if any(leaf is gates[name] for name in ("alpha", "momentum")):
+            assert (a[:, erased] == 0).all()
+            a, b = a[:, [t for t in range(21) if t not in erased]], b[:, [t for t in range(21) if t not in erased]]
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("retention", ["lq", "kl", "elastic"])
 @pytest.mark.parametrize("q_exponent", [1.5, 4.0])
 def test_zero_accumulator_has_finite_gradients(retention, q_exponent):
