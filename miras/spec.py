@@ -110,9 +110,22 @@ class MemorySpec:
                 f"MemorySpec.gradient_at='retained' needs retention 'none' or 'decay' (got retention={self.retention!r}): "
                 "the retained state is only defined for multiplicative decay"
             )
-        if self.bias == "lp" and 1 < self.p < 2 and self.abs_eps == 0:
-            # |e|^{p-1} with p < 2 has an unbounded derivative at e = 0; the gradient through it would be Inf/NaN.
-            raise ValueError(f"MemorySpec.p={self.p} in (1, 2) needs abs_eps > 0 to stay differentiable")
+        if self.abs_eps == 0 and (reason := self._unbounded_at_zero()):
+            raise ValueError(f"MemorySpec.abs_eps=0 with {reason}: NaN outputs or gradients where it is 0; use abs_eps > 0")
+
+    def _unbounded_at_zero(self) -> str | None:
+        """Which smoothed |x|^r or ‖x‖ of the spec has an unbounded derivative (or is 0/0) at x = 0 when ε = 0,
+        as words for the error; None when ε = 0 is safe. A residual e = 0 is common (zero initial memory, zero
+        values), and so is an accumulator entry A = 0."""
+        if self.bias == "robust":
+            return "bias='robust' (e / ‖e‖)"
+        if self.bias == "lp" and self.sign_sharpness == 0 and (self.p < 2 or 2 < self.p < 3):
+            return f"bias='lp', p={self.p} and the exact sign (p·e·|e|^(p-2))"
+        if self.bias == "lp" and self.sign_sharpness > 0 and 1 < self.p < 2:
+            return f"bias='lp', p={self.p} and sign_sharpness > 0 (|e|^(p-1))"
+        if self.retention == "lq" and self.lq_map == "mirror" and self.q < 2:
+            return f"lq_map='mirror' and q={self.q} (|A|^(q-1))"
+        return None
 
     @property
     def nonlinear_retention(self) -> bool:

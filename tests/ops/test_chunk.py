@@ -191,3 +191,29 @@ def test_zero_accumulator_has_finite_gradients(retention, q_exponent):
     o, _ = _run(chunk_miras, spec, q, k, v, gates, zero, 8)
     grads = torch.autograd.grad(o.square().sum(), [*leaves[:5], zero])  # q, k, v, eta, alpha and the state
     assert all(torch.isfinite(g).all() for g in grads)
+
+
+def _exact_forms() -> list[dict]:
+    """Specs with abs_eps = 0 (no smoothing): biases with p across the boundaries of |e|^r's smoothness, both signs,
+    and the lq mirror map across q = 2."""
+    fields = [{"bias": "robust"}, {"bias": "l2", "retention": "lq", "lq_map": "mirror", "q": 1.5}]
+    fields += [{"bias": "l2", "retention": "lq", "lq_map": "mirror", "q": q} for q in (2.0, 3.0)]
+    fields += [{"bias": "lp", "p": p, "sign_sharpness": s} for p in (1.0, 1.5, 2.0, 2.5, 3.0, 4.0) for s in (0.0, 10.0)]
+    return fields
+
+
+@pytest.mark.parametrize("fields", _exact_forms(), ids=str)
+def test_abs_eps_zero_is_refused_or_finite_at_zero(fields):
+    """A spec with abs_eps = 0 is either refused, naming abs_eps, or has finite outputs and gradients where the
+    residual and the accumulator are exactly 0 (zero initial memory and zero values)."""
+    try:
+        spec = MemorySpec(memory="linear", abs_eps=0.0, **fields)
+    except ValueError as error:
+        assert "MemorySpec.abs_eps=0 with" in str(error)
+        return
+    q, k, _, gates, _, leaves = make_inputs(spec, T=12, requires_grad=True)
+    v = torch.zeros_like(q, requires_grad=True)
+    zero = torch.zeros(2, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    o, _ = chunk_miras(q, k, v, gates["eta"], gates["alpha"], spec=spec, chunk_size=4, initial_state=zero)
+    grads = torch.autograd.grad(o.sum(), [q, k, v, gates["eta"], zero])
+    assert torch.isfinite(o).all() and all(torch.isfinite(g).all() for g in grads)

@@ -37,7 +37,8 @@ from tests.ops.inputs import make_inputs
         ({"kl_scale": -1.0}, "MemorySpec.kl_scale"),
         ({"elastic_threshold": -1.0}, "MemorySpec.elastic_threshold"),
         ({"retention": "kl", "gradient_at": "retained"}, "gradient_at='retained' needs retention 'none' or 'decay'"),
-        ({"bias": "lp", "p": 1.5, "abs_eps": 0.0}, "MemorySpec.p=1.5 in (1, 2) needs abs_eps > 0"),
+        ({"bias": "lp", "p": 1.5, "abs_eps": 0.0}, "MemorySpec.abs_eps=0 with bias='lp', p=1.5 and the exact sign"),
+        ({"bias": "robust", "abs_eps": 0.0}, "MemorySpec.abs_eps=0 with bias='robust' (e / ‖e‖): NaN outputs"),
     ],
 )
 def test_invalid_spec(fields, message):
