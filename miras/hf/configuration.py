@@ -18,6 +18,10 @@ from miras.hf import MODEL_TYPE
 
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
 
+# Fields written back resolved, and the fields they are resolved from: a source overridden when loading
+# (`from_pretrained(path, preset="yaad")`) resolves them again, unless they are overridden too.
+RESOLVED_FROM = {"spec": ("preset",), "head_dim": ("hidden_size", "num_heads"), "intermediate_size": ("hidden_size",)}
+
 
 class MirasConfig(PreTrainedConfig):
     model_type = MODEL_TYPE
@@ -54,6 +58,22 @@ class MirasConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         for name, value in self.to_model_config().to_dict().items():
             setattr(self, name, value)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """A saved config with overrides (`from_pretrained(path, **kwargs)`). transformers sets overrides on the built
+        config, after validation and after the resolved fields were written back: a new preset kept the old preset's
+        spec (yaad's gates around moneta's memory). Model fields are applied to the dict before the config is built
+        instead: validated, and what was resolved from them is resolved again (RESOLVED_FROM)."""
+        aliases = {alias: name for alias, name in cls.attribute_map.items()}
+        overrides = {aliases.get(key, key): kwargs.pop(key) for key in list(kwargs) if aliases.get(key, key) in MODEL_FIELDS}
+        if overrides:
+            config_dict = dict(config_dict)
+            for field, sources in RESOLVED_FROM.items():
+                if field not in overrides and any(s in overrides and overrides[s] != config_dict.get(s) for s in sources):
+                    config_dict[field] = None
+            config_dict.update(overrides)
+        return super().from_dict(config_dict, **kwargs)
 
     def to_model_config(self) -> ModelConfig:
         """The native config (raises ValueError naming the field for an invalid value)."""

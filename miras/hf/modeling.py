@@ -19,6 +19,8 @@ padding raises ValueError, as does any padding when a cache is in use (generate(
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.generation import GenerationMode
@@ -70,6 +72,9 @@ class MirasModel(MirasPreTrainedModel):
 
     def get_input_embeddings(self) -> torch.nn.Embedding:
         return self.lm.embed_tokens
+
+    def set_input_embeddings(self, value: torch.nn.Embedding) -> None:
+        _set_token_embeddings(self.lm, value)
 
     def forward(
         self,
@@ -129,6 +134,13 @@ class MirasForCausalLM(MirasPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> torch.nn.Linear:
         return self.lm.lm_head
 
+    # resize_token_embeddings() (adding a pad or special tokens) resizes through these; a tied head is re-tied after.
+    def set_input_embeddings(self, value: torch.nn.Embedding) -> None:
+        _set_token_embeddings(self.lm, value)
+
+    def set_output_embeddings(self, value: torch.nn.Linear) -> None:
+        self.lm.lm_head = value
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -187,6 +199,12 @@ class MirasForCausalLM(MirasPreTrainedModel, GenerationMixin):
         super()._prepare_cache_for_generation(
             generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
         )
+
+
+def _set_token_embeddings(lm: MirasLM, value: torch.nn.Embedding) -> None:
+    """A new token embedding (resize_token_embeddings); the native config's vocab_size follows it."""
+    lm.embed_tokens = value
+    lm.config = dataclasses.replace(lm.config, vocab_size=value.num_embeddings)
 
 
 def _state_or_new(lm: MirasLM, cache: MirasHFCache, input_ids: torch.Tensor) -> MirasCache:

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache  # noqa: E402
 
 import miras  # noqa: E402, F401  (registers model_type "miras" with the Auto classes)
+from miras import presets  # noqa: E402
 from miras.config import ModelConfig  # noqa: E402
 from miras.hf import MirasConfig, MirasForCausalLM, MirasHFCache, MirasModel  # noqa: E402
 from tests.hf.tiny import FAMILIES, model_config, native_model  # noqa: E402
@@ -174,6 +175,24 @@ def test_save_and_load_through_the_auto_classes(tmp_path, tied):
         torch.testing.assert_close(base(PROMPT).last_hidden_state, model.model(PROMPT).last_hidden_state)
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_resize_token_embeddings(tmp_path, tied):
+    """Adding tokens (a pad token, special tokens): the old rows and logits stay, the head follows (tied or not), the
+    configs agree on the size and the resized model saves and loads."""
+    model, native = hf_pair(tie_word_embeddings=tied)
+    old = model.config.vocab_size
+    model.resize_token_embeddings(old + 5)
+    assert model.config.vocab_size == model.lm.config.vocab_size == old + 5
+    assert model.lm.embed_tokens.weight.shape[0] == model.lm.lm_head.weight.shape[0] == old + 5
+    assert (model.lm.lm_head.weight is model.lm.embed_tokens.weight) == tied
+    with torch.no_grad():
+        logits = model(PROMPT).logits
+        torch.testing.assert_close(logits[..., :old], native(PROMPT).logits)
+        model.save_pretrained(tmp_path)
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+        torch.testing.assert_close(loaded(PROMPT).logits, logits, rtol=0, atol=0)
+
+
 def test_a_checkpoint_missing_weights_is_refused(tmp_path):
     model, _ = hf_pair()
     model.save_pretrained(tmp_path)
@@ -182,6 +201,20 @@ def test_a_checkpoint_missing_weights_is_refused(tmp_path):
     save_file(weights, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(ValueError, match=r"lacks 1 weight\(s\).*memory_init.0"):
         MirasForCausalLM.from_pretrained(tmp_path)
+
+
+def test_loading_with_overrides_resolves_again(tmp_path):
+    """from_pretrained(path, field=value): a new preset brings its own spec, a new width its own head and MLP
+    widths (unless they are given too), and a bad value is refused at once, naming the field."""
+    MirasConfig.from_model_config(model_config("moneta")).save_pretrained(tmp_path)
+    yaad = AutoConfig.from_pretrained(tmp_path, preset="yaad")
+    assert yaad.spec == presets.yaad().to_dict()
+    wide = AutoConfig.from_pretrained(tmp_path, hidden_size=64, num_attention_heads=4)
+    assert (wide.num_heads, wide.head_dim, wide.intermediate_size) == (4, 16, MirasConfig(hidden_size=64).intermediate_size)
+    assert AutoConfig.from_pretrained(tmp_path, hidden_size=64, head_dim=8).head_dim == 8
+    assert AutoConfig.from_pretrained(tmp_path, eos_token_id=3).spec["retention"] == "lq"
+    with pytest.raises(ValueError, match="ModelConfig.num_heads=0"):
+        AutoConfig.from_pretrained(tmp_path, num_heads=0)
 
 
 def test_config_mirrors_model_config():
