@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file
 from torch import nn
 
@@ -116,9 +117,26 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path:
     return path
 
 
+def resumable_checkpoint(run_dir: str | os.PathLike) -> Path:
+    """The checkpoint a resume continues from: the latest, with its optimizer and scheduler state; CheckpointError
+    if there is none (a run converted from a Hugging Face folder has weights only)."""
+    path = latest_checkpoint(run_dir)
+    missing = [name for name in (STATE_JSON, STATE_TENSORS) if not (path / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{path}: no training state ({', '.join(missing)} missing), so the run cannot be resumed; "
+                              "a run converted from a Hugging Face folder has weights only: train a new run from it "
+                              "instead")
+    return path
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path]:
     """A run folder (its latest checkpoint) or a checkpoint folder inside one -> (run folder, checkpoint folder)."""
+    from miras.hf import is_hf_folder  # never imports transformers
+
     path = Path(path)
+    if is_hf_folder(path):
+        raise CheckpointError(f"{path}: a Hugging Face folder, not a run folder; load it with transformers, or convert "
+                              f"it first: miras convert from-hf {path} RUN_FOLDER")
     if (path / MODEL_FILE).is_file():
         return path.parent, path
     if not path.is_dir():
@@ -133,6 +151,8 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike) -> Path:
     device = next(model.parameters()).device
     try:
         load_model(model, str(path / MODEL_FILE), strict=True, device=str(device))
+    except SafetensorError as e:
+        raise CheckpointError(f"{path / MODEL_FILE}: not a readable safetensors file ({e}); the checkpoint is damaged") from None
     except RuntimeError as e:  # names the missing / unexpected / mis-shaped tensors
         raise CheckpointError(f"{path / MODEL_FILE} does not fit this model: {e}") from None
     return path
@@ -141,7 +161,14 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike) -> Path:
 def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MirasLM, Tokenizer]:
     """A trained model (eval mode) and its tokenizer from a run folder or one of its checkpoint folders."""
     run_dir, checkpoint = resolve_checkpoint(path)
-    model = MirasLM(ModelConfig.from_dict(read_config(run_dir)["model"])).to(device)
+    if not (run_dir / TOKENIZER_DIR).is_dir():
+        raise CheckpointError(f"{run_dir}: no {TOKENIZER_DIR}/ folder; a run folder holds the tokenizer its model was "
+                              "trained with")
+    try:
+        model_config = ModelConfig.from_dict(read_config(run_dir)["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{run_dir / 'config.json'}: no valid model config ({type(e).__name__}: {e})") from None
+    model = MirasLM(model_config).to(device)
     load_model_weights(model, checkpoint)
     return model.eval(), Tokenizer.load(run_dir / TOKENIZER_DIR)
 
@@ -157,13 +184,18 @@ def load_checkpoint(
     model: the unwrapped module. In a distributed run every rank calls this and reads the files: replicas load them
     whole, a sharded (FSDP) model keeps its shard of each tensor. The RNG states are rank 0's.
     """
-    path = latest_checkpoint(run_dir)
-    state = json.loads((path / STATE_JSON).read_text(encoding="utf-8"))
-    tensors = load_file(str(path / STATE_TENSORS))
+    path = resumable_checkpoint(run_dir)
+    try:
+        state = json.loads((path / STATE_JSON).read_text(encoding="utf-8"))
+        tensors = load_file(str(path / STATE_TENSORS))
+    except (json.JSONDecodeError, SafetensorError) as e:
+        raise CheckpointError(f"{path}: unreadable training state ({e}); the checkpoint is damaged") from None
     optimizer_state = _with_execution_options(_join_optimizer(tensors, state["optimizer"]), optimizer)
     if is_sharded(model):
         try:
             load_full_state(model, optimizer, load_file(str(path / MODEL_FILE)), optimizer_state)
+        except SafetensorError as e:
+            raise CheckpointError(f"{path / MODEL_FILE}: not a readable safetensors file ({e})") from None
         except RuntimeError as e:  # names the missing / unexpected / mis-shaped tensors
             raise CheckpointError(f"{path / MODEL_FILE} does not fit this model: {e}") from None
     else:

@@ -33,7 +33,7 @@ from miras.eval.metrics import NLLAccumulator, perplexity
 from miras.layers.miras_layer import Gate, use_compiled_steps
 from miras.models import MirasLM
 from miras.ops.precision import tf32_matmuls
-from miras.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from miras.train.checkpoint import load_checkpoint, resumable_checkpoint, save_checkpoint
 from miras.train.config import ConfigError, TrainConfig, changed_fields, resume_config
 from miras.train.distributed import Distributed, full_model_state, is_sharded, parallelize
 from miras.train.run_dir import (
@@ -303,7 +303,7 @@ def train(config: TrainConfig) -> TrainResult:
     sample and `is_main` set."""
     if config.resume:
         config = resume_config(config.resume, **changed_fields(config))
-        latest_checkpoint(config.resume)  # fail before building anything when there is nothing to resume
+        resumable_checkpoint(config.resume)  # fail before building anything when there is nothing to resume
     distributed = Distributed.start(config.device)
     try:
         if config.tf32 and distributed.device.type != "cuda":  # checked before the process-wide flag is set

@@ -53,7 +53,13 @@ def read_config(run_dir: str | os.PathLike) -> dict:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise ValueError(f"{run_dir}: not a run folder (no {CONFIG_FILE})")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a run's config is a JSON object, got {type(config).__name__}")
+    return config
 
 
 class MetricsLog:

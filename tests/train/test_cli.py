@@ -4,10 +4,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import dataclasses  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from miras.cli import main  # noqa: E402
 from miras.cli.train import GROUPS  # noqa: E402
@@ -123,3 +125,35 @@ def test_resume_rejects_other_flags(tiny_run, capsys):
 def test_generate_on_a_missing_run(tmp_path, capsys):
     assert main(["generate", "--checkpoint", str(tmp_path / "nope")]) == 2
     assert "no such run or checkpoint folder" in capsys.readouterr().err
+
+
+def _damaged(tiny_run, tmp_path, damage) -> str:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    damage(run, run / (run / "latest").read_text().strip())
+    return str(run)
+
+
+@pytest.mark.parametrize("command, damage, message", [
+    ("generate", lambda run, ckpt: os.truncate(ckpt / "model.safetensors", 100), "not a readable safetensors file"),
+    ("generate", lambda run, ckpt: shutil.rmtree(run / "tokenizer"), "no tokenizer/ folder"),
+    ("generate", lambda run, ckpt: (run / "config.json").write_text("{bad"), "config.json: not valid JSON"),
+    ("generate", lambda run, ckpt: (run / "config.json").write_text('{"model": {"bogus": 1}}'),
+     "config.json: no valid model config"),
+    ("generate", lambda run, ckpt: (run / "config.json").write_text('{"model_type": "miras"}'),
+     "a Hugging Face folder, not a run folder; load it with transformers, or convert it first"),
+    ("resume", lambda run, ckpt: (ckpt / "train_state.json").unlink(), "no training state (train_state.json missing)"),
+    ("resume", lambda run, ckpt: os.truncate(ckpt / "train_state.safetensors", 100), "unreadable training state"),
+])
+def test_damaged_run_folders_are_named(tiny_run, tmp_path, capsys, command, damage, message):
+    """A damaged or foreign folder gives one line naming the file, exit 2, no traceback."""
+    run = _damaged(tiny_run, tmp_path, damage)
+    args = ["generate", "--checkpoint", run, "--max-new-tokens", "2"] if command == "generate" else ["train", "--resume", run]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_generate_on_cuda_without_cuda_is_refused(tiny_run, capsys):
+    assert main(["generate", "--checkpoint", str(tiny_run), "--device", "cuda"]) == 2
+    assert "--device: cuda was asked for but torch sees no CUDA device" in capsys.readouterr().err
