@@ -39,7 +39,7 @@ GROUPS: dict[str, dict[str, str]] = {
         "warmup_steps": "linear warm-up steps",
         "max_steps": "optimizer steps (-1: as many as fit in --max-minutes)",
         "max_minutes": "training time budget, evaluations included; the speed of the first steps sets the step "
-        "count (-1: no budget)",
+        "count, at most --max-steps (-1: no budget; default: 8 without --max-steps, no budget with it)",
         "weight_decay": "AdamW weight decay on weight matrices (none on norms, gates, biases, initial memory)",
         "betas": "AdamW betas",
         "grad_clip": "clip the gradient norm to this (-1: no clipping)",

@@ -24,6 +24,8 @@ PARALLEL = ("ddp", "fsdp")  # how several processes (torchrun) split the work; s
 # ModelConfig fields the trainer can override on top of a named size (-1: keep the size's value).
 MODEL_OVERRIDES = ("hidden_size", "num_hidden_layers", "num_heads", "chunk_size")
 # Fields a resumed run may change: they stop, place or report the run but do not change what it computes.
+DEFAULT_MINUTES = 8.0  # the time budget of a run given neither max_steps nor max_minutes
+
 RESUMABLE = ("max_steps", "max_minutes", "device", "threads", "compile", "tf32", "tensorboard", "progress", "parallel")
 
 
@@ -59,7 +61,8 @@ class TrainConfig:
 
     # Optimization. One step = grad_accum micro-batches of batch_size x seq_len tokens (-1 seq_len: the size's
     # max_position_embeddings). The step budget is max_steps, or what fits in max_minutes of training (measured),
-    # whichever is smaller. batch_size is global: with N processes (torchrun) each trains on batch_size / N of the
+    # whichever is smaller; max_minutes unset (None) is 8 without max_steps and no budget with it, so a given step
+    # count is what runs. batch_size is global: with N processes (torchrun) each trains on batch_size / N of the
     # sequences, so a run computes the same steps on any number of processes.
     seq_len: int = -1
     batch_size: int = 8
@@ -68,7 +71,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at the last step
     warmup_steps: int = 50
     max_steps: int = -1
-    max_minutes: float = 8.0  # -1: no time budget
+    max_minutes: float | None = None  # -1: no time budget; None: 8 when max_steps is -1, else -1
     weight_decay: float = 0.1  # matrices only: none on norms, gates, biases and the learned initial memory
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0  # -1: no clipping
@@ -95,6 +98,8 @@ class TrainConfig:
     parallel: str = "ddp"  # with several processes: "ddp" (replicas) or "fsdp" (FSDP2, sharded); see distributed.py
 
     def __post_init__(self) -> None:
+        if self.max_minutes is None:
+            self.max_minutes = DEFAULT_MINUTES if self.max_steps == -1 else -1
         self.val_data = tuple(self.val_data)
         self.betas = tuple(self.betas)
         _choice("preset", self.preset, (*PRESETS, TRANSFORMER))

@@ -255,6 +255,8 @@ class Pacer:
             changes.update(self._plan(step, speed[threads] + amortized_eval))
             self.planned_from = (step, self.elapsed())
             message += f"; the time budget fits about {self.schedule.total} steps"
+            if self.step_cap != -1 and self.schedule.total < self.step_cap:
+                message += f", fewer than max_steps={self.step_cap} (max_minutes={self.budget / 60:g} caps the run)"
         return changes, message
 
     def _plan(self, step: int, per_step: float) -> dict:

@@ -221,6 +221,12 @@ def test_bad_config_names_the_field(changes, field):
     assert info.value.field == field and str(info.value).startswith(field + ":")
 
 
+def test_a_given_step_count_is_not_cut_by_the_default_time_budget():
+    assert TrainConfig().max_minutes == 8  # the default run: a time budget
+    assert TrainConfig(max_steps=1000).max_minutes == -1  # a step count alone runs all its steps
+    assert TrainConfig(max_steps=1000, max_minutes=2).max_minutes == 2  # both given: whichever ends first
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the device 'auto' picks must be the CPU")
 def test_tf32_on_an_auto_device_that_is_the_cpu_is_refused(data, tmp_path):
     config = tiny_config(tmp_path, data, tf32=True)
