@@ -78,7 +78,7 @@ def run_ppl(args: argparse.Namespace) -> int:
     # Imported here, not at the top, so that `miras --help` does not load matplotlib.
     import numpy as np
 
-    from miras.data import CORPORA, token_stream
+    from miras.data import held_out_split, token_stream
     from miras.eval.plots import plot_position_loss
     from miras.eval.ppl import evaluate_ppl
     from miras.train.checkpoint import load_trained, resolve_checkpoint
@@ -104,7 +104,7 @@ def run_ppl(args: argparse.Namespace) -> int:
     results = {}
     for spec in args.data:
         # Like the trainer's validation sets: never score text the run was trained on.
-        split = "validation" if spec in CORPORA or spec == train_config["data"] else "all"
+        split = held_out_split(spec, train_config["data"])
         stream = token_stream(spec, tokenizer, split, cache_dir=args.cache_dir, progress=False)
         text = stream[: args.max_tokens] if args.max_tokens else stream
         # EOS first: the separator every training document followed, so the first token is scored in context.

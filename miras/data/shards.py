@@ -63,6 +63,31 @@ def resolve_files(spec: str | os.PathLike) -> list[Path]:
     raise DataError(f"{text}: no such file or folder")
 
 
+def held_out_split(spec: str, data: str) -> str:
+    """The split of `spec` that a model trained on `data` (its "train" split) has not seen: a corpus's validation
+    split; the held-out part ("validation") when `spec` names the training files, however the path is spelled
+    (./x.txt, an absolute path, a glob of the same files); all of it when it shares no file with them. DataError when
+    it shares some but not all: the held-out part is a cut of the whole training stream, so part of those files was
+    trained on and part was not. When the training files cannot be found any more (a moved or a relative path read
+    from elsewhere), the spelling decides."""
+    if spec in CORPORA:
+        return "validation"
+    if data in CORPORA:
+        return "all"
+    try:
+        trained = {p.resolve() for p in resolve_files(data)}
+    except DataError:
+        return "validation" if spec == data else "all"
+    files = {p.resolve() for p in resolve_files(spec)}
+    if files == trained:
+        return "validation"
+    if files & trained:
+        raise DataError(f"{spec}: shares {len(files & trained)} of its {len(files)} file(s) with the training data "
+                        f"{data}, whose held-out part is the end of all of them; score {data} itself (its held-out "
+                        "part) or files it does not hold")
+    return "all"
+
+
 def read_documents(path: Path) -> list[str]:
     """Validated documents of one file (see module docstring for the formats)."""
     data = path.read_bytes()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,7 +101,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.max_minutes is None:
             self.max_minutes = DEFAULT_MINUTES if self.max_steps == -1 else -1
-        self.val_data = tuple(self.val_data)
+        # Paths are kept absolute, so that a run resumes and evaluates from any working directory.
+        self.data = _absolute(self.data)
+        self.val_data = tuple(_absolute(spec) for spec in self.val_data)
+        self.cache_dir = _absolute(self.cache_dir)
         self.betas = tuple(self.betas)
         _choice("preset", self.preset, (*PRESETS, TRANSFORMER))
         _choice("size", self.size, tuple(SIZES))
@@ -188,7 +192,7 @@ def resume_config(run_dir: str | Path, **overrides: object) -> TrainConfig:
             continue
         if name not in saved_values:
             raise ConfigError(name, "TrainConfig has no such field")
-        if name not in RESUMABLE and _normalized(value) != saved_values[name]:
+        if name not in RESUMABLE and _normalized(name, value) != saved_values[name]:
             raise ConfigError(
                 name,
                 f"cannot change a resumed run's {name} (saved {saved_values[name]!r}, given {value!r}); "
@@ -204,8 +208,20 @@ def changed_fields(config: TrainConfig) -> dict:
     return {name: value for name, value in config.to_dict().items() if value != defaults[name]}
 
 
-def _normalized(value: object) -> object:
+def _normalized(name: str, value: object) -> object:
+    """A given field value as the saved config holds it (absolute paths, lists for tuples)."""
+    if name in ("data", "cache_dir"):
+        return _absolute(value)
+    if name == "val_data":
+        return [_absolute(spec) for spec in value]
     return list(value) if isinstance(value, tuple) else value
+
+
+def _absolute(spec: str) -> str:
+    """A data spec, folder or file as an absolute path (~ expanded); a corpus name or "" (unset) as it is."""
+    if not isinstance(spec, str) or not spec or spec in CORPORA:
+        return spec
+    return os.path.abspath(os.path.expanduser(spec))
 
 
 def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:

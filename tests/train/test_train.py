@@ -247,6 +247,22 @@ def test_resume_with_more_steps_extends_the_run(tmp_path, data):
     short = train(tiny_config(tmp_path, data, max_steps=4, save_every=4))
     extended = train(resume_config(short.run_dir, max_steps=6, threads=1, progress=False))
     assert extended.step == 6
+    assert json.loads((short.run_dir / "config.json").read_text())["train"]["max_steps"] == 6  # what the run did
     assert len(train_losses(short.run_dir)) == 6
     records = [json.loads(line) for line in (short.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert sum(r["event"] == "final" for r in records) == 1
+
+
+def test_paths_are_saved_absolute_so_a_run_resumes_from_anywhere(tmp_path, data, monkeypatch):
+    """Relative --data, --val-data (another spelling of the same file: still its held-out part), --cache-dir and
+    --out-dir: saved absolute, so the run resumes from another working directory."""
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path, "data.txt", val_data=("./data.txt",), cache_dir="cache", out_dir="run", max_steps=2,
+                         save_every=2)
+    assert (config.data, config.val_data, config.cache_dir) == (str(data), (str(data),), str(tmp_path / "cache"))
+    result = train(config)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert (saved["data"], saved["out_dir"]) == (str(data), str(tmp_path / "run"))
+    monkeypatch.chdir("/")
+    assert train(resume_config(tmp_path / "run", max_steps=3)).step == 3
+    assert result.val_ppl > 0
