@@ -2,7 +2,8 @@
 its parser and sets `run=<function(args) -> exit code>` as a default. Adding a subcommand is one line in COMMANDS.
 
 User errors (bad flags, bad data, a run folder without a checkpoint) are ValueErrors in this library; they are
-printed as one line naming the problem, without a traceback, and exit with status 2.
+printed as one line naming the problem, without a traceback, and exit with status 2. So are the OSErrors of a
+path in the way (an output folder that is a file, a folder without write permission).
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         field = getattr(e, "field", None)  # a ConfigError names the TrainConfig field: show it as its flag
         message = f"--{field.replace('_', '-')}: {str(e).removeprefix(field + ': ')}" if field else str(e)
         print(f"miras {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:  # an output path in the way
+        print(f"miras {args.command}: error: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"miras {args.command}: interrupted", file=sys.stderr)

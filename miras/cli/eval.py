@@ -100,6 +100,8 @@ def run_ppl(args: argparse.Namespace) -> int:
         model, tokenizer = load_trained(checkpoint, device)
     except ValueError as e:
         raise ValueError(f"--checkpoint: {e}") from None
+    out = Path(args.out) if args.out else run_dir / EVAL_DIR
+    out.mkdir(parents=True, exist_ok=True)  # before the evaluation: an output path in the way fails at once
 
     results = {}
     for spec in args.data:
@@ -114,8 +116,6 @@ def run_ppl(args: argparse.Namespace) -> int:
         except ValueError as e:  # e.g. a file of a single token
             raise ValueError(f"--data {spec}: {e}") from None
 
-    out = Path(args.out) if args.out else run_dir / EVAL_DIR
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"ppl-ctx{context_len}-stride{stride}"
     record = {"checkpoint": str(checkpoint), "context_len": context_len, "stride": stride,
               "max_tokens": args.max_tokens, "results": {spec: r.to_dict() for spec, r in results.items()}}

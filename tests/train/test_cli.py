@@ -157,3 +157,15 @@ def test_damaged_run_folders_are_named(tiny_run, tmp_path, capsys, command, dama
 def test_generate_on_cuda_without_cuda_is_refused(tiny_run, capsys):
     assert main(["generate", "--checkpoint", str(tiny_run), "--device", "cuda"]) == 2
     assert "--device: cuda was asked for but torch sees no CUDA device" in capsys.readouterr().err
+
+
+def test_an_output_path_that_is_a_file_is_named(tmp_path, tiny_run, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    data = tmp_path / "data.txt"
+    data.write_text(grammar_text(), encoding="utf-8")
+    args = ["train", "--data", str(data), "--max-steps", "1", "--cache-dir", str(tmp_path / "cache"), *TINY_FLAGS]
+    assert main([*args, "--out-dir", str(blocker / "run")]) == 2
+    assert f"error: {blocker / 'run'}: Not a directory" in capsys.readouterr().err
+    assert main(["eval", "ppl", "--checkpoint", str(tiny_run), "--out", str(blocker)]) == 2
+    assert f"error: {blocker}: File exists" in capsys.readouterr().err
