@@ -21,6 +21,7 @@ from miras import presets
 from miras.bench import model, ops
 from miras.bench.report import verdict, say, targets, write_all
 from miras.bench.timing import Settings
+from miras.cli.argtypes import nonnegative_int, positive_int
 from miras.ops.precision import tf32_matmuls
 
 SECTIONS = ("grid", "naive", "linear", "titans", "memory", "model", "compile")
@@ -52,30 +53,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also compile the op and time it (minutes per preset on a CPU); without it the compile section only counts graph breaks")
     p.add_argument("--presets", nargs="+", choices=[*presets.PRESETS, *(name + ops.COMPILE_STEPS for name in presets.PRESETS)],
                    help=f"presets of the time/memory grid; NAME{ops.COMPILE_STEPS} times chunk_miras(compile_steps=True)")
-    p.add_argument("--seq-lens", nargs="+", type=int, help="sequence lengths T of the grid")
-    p.add_argument("--chunk-sizes", nargs="+", type=int, help="chunk sizes of the grid (SDPA is timed beside the first)")
-    p.add_argument("--batch", type=int, default=2, help="B of the op benchmarks and the model's training batch")
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--head-dim", type=int, default=64, help="K = V")
-    p.add_argument("--repeats", type=int, help="timed calls per measurement (the median is reported)")
-    p.add_argument("--warmup", type=int, help="untimed calls before timing")
-    p.add_argument("--slow-repeats", type=int, help="timed calls of the slow references (token loop, titans-pytorch)")
-    p.add_argument("--naive-T", type=int, default=2048, help="T of the chunk-vs-token-loop comparison (Moneta)")
-    p.add_argument("--linear-T", type=int, default=8192, help="T of the gated-delta-rule and matmul-roof comparison")
-    p.add_argument("--memory-T", nargs=2, type=int, default=[8192, 16384], help="the two T of the peak-memory ratio")
+    p.add_argument("--seq-lens", nargs="+", type=positive_int, help="sequence lengths T of the grid")
+    p.add_argument("--chunk-sizes", nargs="+", type=positive_int, help="chunk sizes of the grid (SDPA is timed beside the first)")
+    p.add_argument("--batch", type=positive_int, default=2, help="B of the op benchmarks and the model's training batch")
+    p.add_argument("--heads", type=positive_int, default=4)
+    p.add_argument("--head-dim", type=positive_int, default=64, help="K = V")
+    p.add_argument("--repeats", type=positive_int, help="timed calls per measurement (the median is reported)")
+    p.add_argument("--warmup", type=nonnegative_int, help="untimed calls before timing")
+    p.add_argument("--slow-repeats", type=positive_int, help="timed calls of the slow references (token loop, titans-pytorch)")
+    p.add_argument("--naive-T", type=positive_int, default=2048, help="T of the chunk-vs-token-loop comparison (Moneta)")
+    p.add_argument("--linear-T", type=positive_int, default=8192, help="T of the gated-delta-rule and matmul-roof comparison")
+    p.add_argument("--memory-T", nargs=2, type=positive_int, default=[8192, 16384], help="the two T of the peak-memory ratio")
     p.add_argument("--memory-presets", nargs="+", choices=list(presets.PRESETS), help="presets of the peak-memory ratio")
-    p.add_argument("--titans-T", type=int, default=1024, help="T of the titans-pytorch comparison (B=2, dim 256)")
-    p.add_argument("--compile-T", type=int, default=1024)
+    p.add_argument("--titans-T", type=positive_int, default=1024, help="T of the titans-pytorch comparison (B=2, dim 256)")
+    p.add_argument("--compile-T", type=positive_int, default=1024)
     p.add_argument("--compile-presets", nargs="+", choices=list(presets.PRESETS))
     p.add_argument("--model-size", choices=["tiny", "small", "170m", "340m", "780m", "1.3b"])
-    p.add_argument("--train-seq-lens", nargs="+", type=int, help="T of the model training-throughput benchmark")
-    p.add_argument("--decode-contexts", nargs="+", type=int, help="context lengths of the decode-latency benchmark")
-    p.add_argument("--decode-steps", type=int, help="timed decode steps per context")
+    p.add_argument("--train-seq-lens", nargs="+", type=positive_int, help="T of the model training-throughput benchmark")
+    p.add_argument("--decode-contexts", nargs="+", type=positive_int, help="context lengths of the decode-latency benchmark")
+    p.add_argument("--decode-steps", type=positive_int, help="timed decode steps per context")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--tf32", action="store_true",
                    help="CUDA only: float32 matmuls on TF32 tensor cores, the op's included (it computes in float32 whatever --dtype)")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, help="torch intra-op threads (default: torch's)")
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="output folder")
 
 

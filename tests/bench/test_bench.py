@@ -187,6 +187,20 @@ def test_bad_device_flags_are_refused_before_anything_runs(tmp_path, capsys, arg
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("argv, problem", [
+    (["--batch", "0"], "argument --batch: must be >= 1, got 0"),
+    (["--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
+    (["--threads", "-3"], "argument --threads: must be >= 1, got -3"),
+    (["--seq-lens", "512", "0"], "argument --seq-lens: must be >= 1, got 0"),
+    (["--warmup", "-1"], "argument --warmup: must be >= 0, got -1"),
+])
+def test_bad_counts_are_refused_by_the_parser(tmp_path, capsys, argv, problem):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and problem in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_main_model_and_memory_sections(tmp_path):
     argv = ["--only", "naive", "memory", "model", *TINY, "--naive-T", "16", "--memory-T", "32", "64", "--memory-presets",
             "gated_deltanet", "--train-seq-lens", "16", "--decode-contexts", "8", "16", "--decode-steps", "2", "--out", str(tmp_path)]
