@@ -288,6 +288,10 @@ def _resolve_device(device: str | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
+        # lm-eval's own command line asks for cuda by default; `miras eval zeroshot` refuses it before this.
         log.warning("device %s requested but CUDA is not available; using the CPU", device)
         return torch.device("cpu")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device={device!r} is not a torch device (cpu, cuda, cuda:N)") from None

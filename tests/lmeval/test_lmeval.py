@@ -251,6 +251,15 @@ def test_zeroshot_rejects_unknown_tasks(run_dir, capsys):
     assert "mmlu" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_zeroshot_devices_are_checked_like_the_other_commands(run_dir, capsys):
+    assert zeroshot.main(["--checkpoint", str(run_dir), "--tasks", "wiki", "--device", "cuda"]) == 2
+    assert "--device: cuda was asked for but torch sees no CUDA device" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        zeroshot.main(["--checkpoint", str(run_dir), "--device", "foo"])
+    assert "invalid choice: 'foo'" in capsys.readouterr().err
+
+
 def test_zeroshot_wiki_only(run_dir, tmp_path, capsys):
     """Wiki ppl needs only the embedded corpus, so this runs everywhere."""
     output = tmp_path / "wiki.json"
