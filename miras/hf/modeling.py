@@ -83,7 +83,11 @@ class MirasModel(MirasPreTrainedModel):
         past_key_values: MirasHFCache | None = None,
         use_cache: bool | None = None,
         return_dict: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> BaseModelOutputWithPast | tuple:
+        _refuse_unsupported(inputs_embeds, output_attentions, output_hidden_states)
         cache = self.prepare_cache(input_ids, attention_mask, past_key_values, use_cache)
         state = None if cache is None else _state_or_new(self.lm, cache, input_ids)
         hidden, state = self.lm.hidden_states(input_ids, state)
@@ -149,8 +153,12 @@ class MirasForCausalLM(MirasPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         return_dict: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> CausalLMOutputWithPast | tuple:
         """labels [B, T] aligned with input_ids (the model shifts them; -100 is ignored), as in every HF causal LM."""
+        _refuse_unsupported(inputs_embeds, output_attentions, output_hidden_states)
         cache = self.model.prepare_cache(input_ids, attention_mask, past_key_values, use_cache)
         if cache is None:
             out = self.lm(input_ids, labels=labels)
@@ -199,6 +207,17 @@ class MirasForCausalLM(MirasPreTrainedModel, GenerationMixin):
         super()._prepare_cache_for_generation(
             generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
         )
+
+
+def _refuse_unsupported(inputs_embeds, output_attentions, output_hidden_states) -> None:
+    """The usual HF forward arguments this model does not serve: a clear error instead of a TypeError."""
+    if inputs_embeds is not None:
+        raise ValueError("inputs_embeds is not supported: a Miras model embeds input_ids itself (pass input_ids)")
+    if output_attentions:
+        raise ValueError("output_attentions is not supported: Miras memory layers have no attention weights")
+    if output_hidden_states:
+        raise ValueError("output_hidden_states is not supported; MirasModel returns the final hidden states "
+                         "(last_hidden_state), and forward hooks on model.lm.layers give each block's output")
 
 
 def _set_token_embeddings(lm: MirasLM, value: torch.nn.Embedding) -> None:

@@ -148,6 +148,20 @@ def test_other_caches_and_padding_are_refused_clearly():
         model(PROMPT[0])
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"output_hidden_states": True}, "output_hidden_states is not supported"),
+    ({"output_attentions": True}, "output_attentions is not supported"),
+    ({"inputs_embeds": torch.zeros(2, 7, 32)}, "inputs_embeds is not supported"),
+])
+def test_unsupported_forward_arguments_are_named(kwargs, message):
+    model, _ = hf_pair()
+    for module in (model, model.model):
+        with pytest.raises(ValueError, match=message):
+            module(PROMPT, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        model.generate(PROMPT, max_new_tokens=2, **kwargs)
+
+
 def test_right_padding_without_a_cache_keeps_the_real_tokens_exact():
     model, native = hf_pair()
     right = torch.ones_like(PROMPT)
