@@ -14,6 +14,7 @@ import sys
 
 LMEVAL_MODELS = "lm_eval.models"
 LMEVAL_MODEL_TARGET = "miras.lmeval.model:MirasEvalLM"
+LMEVAL_HF = "lm_eval.models.huggingface"  # lm-eval's `--model hf` (HFLM), loaded only when asked for
 
 
 def after_import(name: str, action) -> None:
@@ -45,9 +46,21 @@ def register_lmeval_model() -> None:
         warnings.warn(f"miras: could not register the lm-eval model 'miras' ({type(e).__name__}: {e})")
 
 
+def register_with_transformers() -> None:
+    """lm-eval's `--model hf` loads a Hugging Face folder through transformers' Auto classes, which know model_type
+    "miras" once miras is imported (miras/hf/auto.py): import it (~20 ms once torch is loaded, which HFLM does)."""
+    try:
+        import miras  # noqa: F401
+    except Exception as e:  # noqa: BLE001 (reported, never raised into lm-eval)
+        import warnings
+
+        warnings.warn(f"miras: could not register model_type 'miras' with transformers ({type(e).__name__}: {e})")
+
+
 def install_lmeval() -> None:
     """What miras.pth runs at interpreter start: costs one dictionary lookup per later import until lm-eval loads."""
     after_import(LMEVAL_MODELS, register_lmeval_model)
+    after_import(LMEVAL_HF, register_with_transformers)
 
 
 class _AfterImport:

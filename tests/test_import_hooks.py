@@ -37,6 +37,16 @@ def test_lm_eval_knows_miras_at_start_up_without_importing_miras():
     assert done.stdout.split() == ["True", "False", "False"]
 
 
+def test_lm_evals_hf_model_loads_miras_folders():
+    """`lm_eval --model hf --model_args pretrained=HF_DIR`: transformers knows model_type "miras" once lm-eval's HFLM
+    is imported, with nobody importing miras."""
+    code = ("import sys; from lm_eval.models.huggingface import HFLM; from transformers import CONFIG_MAPPING; "
+            "print('miras' in CONFIG_MAPPING, 'miras' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"]
+
+
 def test_a_checkout_that_is_not_installed_imports():
     """From a checkout on PYTHONPATH (no miras.pth, no top-level _miras_import_hooks: `PYTHONPATH=. python -m miras`
     on a machine whose PyTorch must stay), `import miras` takes the source tree's plugins/ copy of the hooks."""
