@@ -25,12 +25,22 @@ COMMANDS = (
 )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("miras")
+    except PackageNotFoundError:  # a checkout on PYTHONPATH that is not installed
+        return "(not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     # Nothing may reach the Hugging Face hub: offline, its loaders fail at once instead of retrying for minutes.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # silences the fork warning of `tokenizers`
     parser = argparse.ArgumentParser(prog="miras", description="Miras sequence models: train, sample, evaluate.")
+    parser.add_argument("--version", action="version", version=f"miras {_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:
         importlib.import_module(module).register(subparsers)

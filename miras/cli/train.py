@@ -20,6 +20,7 @@ GROUPS: dict[str, dict[str, str]] = {
         "hidden_size": "override the size's model width",
         "num_hidden_layers": "override the size's number of blocks",
         "num_heads": "override the size's number of heads",
+        "head_dim": "per-head width (default: hidden size / heads)",
         "chunk_size": "override the memory's chunk size (tokens whose gradients share one anchor)",
     },
     "data": {
@@ -75,7 +76,7 @@ GROUPS: dict[str, dict[str, str]] = {
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train a language model (no flags: a tiny Moneta on the embedded corpus, ~10 minutes on 2 CPU cores)",
+        help="train a language model (no flags: a tiny Moneta on the embedded corpus, under 10 minutes on 2 CPU cores)",
         description="Train a Miras language model. With no flags it trains a tiny Moneta on State of the Union "
         "addresses for about 8 minutes and prints its validation perplexity, a unigram baseline's and a sample.",
     )

@@ -23,7 +23,7 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16")
 PARALLEL = ("ddp", "fsdp")  # how several processes (torchrun) split the work; see distributed.py
 # ModelConfig fields the trainer can override on top of a named size (-1: keep the size's value).
-MODEL_OVERRIDES = ("hidden_size", "num_hidden_layers", "num_heads", "chunk_size")
+MODEL_OVERRIDES = ("hidden_size", "num_hidden_layers", "num_heads", "head_dim", "chunk_size")
 # Fields a resumed run may change: they stop, place or report the run but do not change what it computes.
 DEFAULT_MINUTES = 8.0  # the time budget of a run given neither max_steps nor max_minutes
 
@@ -49,6 +49,7 @@ class TrainConfig:
     hidden_size: int = -1
     num_hidden_layers: int = -1
     num_heads: int = -1
+    head_dim: int = -1  # -1: hidden_size / num_heads
     chunk_size: int = -1
 
     # Data. data: "sotu" or a file / folder / glob of .txt / .jsonl. val_data: evaluation sets, the first one

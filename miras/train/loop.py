@@ -338,7 +338,10 @@ def _train(config: TrainConfig, distributed: Distributed) -> TrainResult:
         if config.resume:
             run_dir = Path(config.resume)
         else:
-            run_dir = new_run_dir(config.out_dir, config.preset)
+            try:
+                run_dir = new_run_dir(config.out_dir, config.preset)
+            except ValueError as e:
+                raise ConfigError("out_dir", str(e)) from None
             config = config.replace(out_dir=str(run_dir.absolute()))
             tokenizer.save(run_dir / TOKENIZER_DIR)
             write_config(run_dir, config.to_dict(), model_config.to_dict())
@@ -376,7 +379,10 @@ def _train(config: TrainConfig, distributed: Distributed) -> TrainResult:
             history = metrics.truncate_after(counters["step"])
             # The flags a resume may change (RESUMABLE) go into config.json: it says what the run did.
             write_config(run_dir, config.to_dict(), model_config.to_dict())
-            log(f"resuming {run_dir} at step {counters['step']}")
+            done = config.max_steps != -1 and counters["step"] >= config.max_steps
+            log(f"resuming {run_dir} at step {counters['step']}" + (
+                f": max_steps={config.max_steps} is reached, so only the final evaluation runs (give a larger "
+                "--max-steps to train on)" if done else ""))
     else:
         counters = {"step": 0, "tokens": 0, "elapsed_s": 0.0}
     writer = _tensorboard(run_dir) if config.tensorboard and main else None

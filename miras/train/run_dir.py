@@ -33,7 +33,7 @@ def new_run_dir(out_dir: str, preset: str) -> Path:
     if out_dir:
         path = Path(out_dir)
         if (path / CONFIG_FILE).exists():
-            raise ValueError(f"out_dir: {path} already holds a run; continue it with --resume {path} or pick another")
+            raise ValueError(f"{path} already holds a run; continue it with --resume {path} or pick another")
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = Path("runs") / f"{stamp}-{preset}"

@@ -169,3 +169,17 @@ def test_an_output_path_that_is_a_file_is_named(tmp_path, tiny_run, capsys):
     assert f"error: {blocker / 'run'}: Not a directory" in capsys.readouterr().err
     assert main(["eval", "ppl", "--checkpoint", str(tiny_run), "--out", str(blocker)]) == 2
     assert f"error: {blocker}: File exists" in capsys.readouterr().err
+
+
+def test_an_existing_run_is_not_overwritten(tmp_path, tiny_run, capsys):
+    data = tmp_path / "data.txt"
+    data.write_text(grammar_text(), encoding="utf-8")
+    args = ["train", "--data", str(data), "--max-steps", "1", "--cache-dir", str(tmp_path / "cache"), *TINY_FLAGS]
+    assert main([*args, "--out-dir", str(tiny_run)]) == 2
+    assert f"error: --out-dir: {tiny_run} already holds a run; continue it with --resume" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("miras ")
