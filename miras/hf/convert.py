@@ -167,12 +167,15 @@ def _new_folder(out_dir: str | os.PathLike) -> Path:
 def _write_folder(out: Path, write) -> Path:
     """Run write(tmp) on a fresh temporary folder next to `out`, then rename it to `out` (which fails, rather than
     merging, if another process has filled `out` meanwhile)."""
+    from miras.train.run_dir import as_umask_allows
+
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)  # left over from a conversion killed midway
     tmp.mkdir()
     try:
         write(tmp)
+        as_umask_allows(tmp)
         os.replace(tmp, out)  # also replaces an empty out_dir
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -39,7 +39,7 @@ from miras.train.distributed import (
     load_full_state,
     tied_aliases,
 )
-from miras.train.run_dir import TOKENIZER_DIR, read_config, write_text_atomic
+from miras.train.run_dir import TOKENIZER_DIR, as_umask_allows, read_config, write_text_atomic
 
 LATEST = "latest"
 TMP_DIR = "checkpoint-tmp"
@@ -94,6 +94,7 @@ def _write_checkpoint(run_dir: Path, final: Path, model: nn.Module, model_state:
     save_file({**opt_tensors, **_rng_states()}, str(tmp / STATE_TENSORS))
     state = {"counters": counters, "optimizer": opt_meta, "scheduler": scheduler.state_dict()}
     (tmp / STATE_JSON).write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+    as_umask_allows(tmp)
 
     name = final.name
     shutil.rmtree(final, ignore_errors=True)  # a save of this step that died before `latest` named it

@@ -27,6 +27,16 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def as_umask_allows(folder: Path) -> None:
+    """Give the files under `folder` the permissions the user's umask asks for: safetensors (0.8) writes its files
+    0600 whatever the umask, so checkpoints would be unreadable to the rest of a group sharing a run folder."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            os.chmod(path, 0o666 & ~mask)
+
+
 def new_run_dir(out_dir: str, preset: str) -> Path:
     """Create the folder of a fresh run: `out_dir`, or runs/<timestamp>-<preset> when it is empty. A folder that
     already holds a run is refused (continue it with --resume instead)."""

@@ -183,3 +183,11 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("miras ")
+
+
+def test_checkpoints_are_as_readable_as_the_umask_allows(tiny_run):
+    """safetensors writes 0600 files whatever the umask; a run folder shared by a group must stay readable."""
+    mask = os.umask(0)
+    os.umask(mask)
+    files = [p for p in tiny_run.rglob("*.safetensors")]
+    assert files and all(p.stat().st_mode & 0o777 == 0o666 & ~mask for p in files)
