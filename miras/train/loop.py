@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +94,29 @@ class WarmupCosine:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Step and evaluation
+
+
+class _StopRequest:
+    """Ctrl-C (SIGINT) while the loop runs: the step in progress finishes, a checkpoint is saved and the run stops
+    with KeyboardInterrupt, so at most the step in flight is lost instead of everything since the last save. A second
+    Ctrl-C interrupts at once. Only from the main thread (signal handlers cannot be set elsewhere); with several
+    processes rank 0's request stops all of them (the loop broadcasts it)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        self.restore()
+        tqdm.write("interrupt: finishing this step and saving a checkpoint (Ctrl-C again to stop at once)")
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 def train_step(
@@ -437,58 +462,66 @@ def _train(config: TrainConfig, distributed: Distributed) -> TrainResult:
         pacer.eval_seconds = periodic_eval()
     bar = tqdm(total=schedule.total, initial=step, desc="train", unit="step", disable=not (config.progress and main),
                dynamic_ncols=True)
-    while True:
-        # Every rank must take the same steps, or one waits forever in a collective the others never join: rank 0's
-        # clock and plan decide for all.
-        go = (schedule.total is None or step < schedule.total) and not pacer.out_of_time()
-        go, schedule.total = distributed.broadcast((go, schedule.total))
-        if not go:
-            break
-        lr = optimizer.param_groups[0]["lr"]
-        micro = [batches.batch(step * config.grad_accum + i) for i in range(config.grad_accum)]
-        micro = [(x[rows].to(device), y[rows].to(device)) for x, y in micro]
-        t = time.perf_counter()
-        loss, grad_norm = train_step(forward_model, optimizer, scheduler, micro, config.grad_clip, autocast)
-        loss = distributed.mean(loss)  # the global batch's loss: every rank's share has as many tokens
-        dt = time.perf_counter() - t
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss} at step {step}; try a lower --lr")
-        step += 1
-        session_tokens, session_time = session_tokens + config.tokens_per_step, session_time + dt
-        window_loss, window_steps, window_time = window_loss + loss, window_steps + 1, window_time + dt
-        bar.update()
-        if main:
-            changes, message = pacer.after_step(step, dt)
-            if changes:
-                config = config.replace(**changes)
-                write_config(run_dir, config.to_dict(), model_config.to_dict())
-                bar.total = schedule.total
-                bar.refresh()
-            if message:
-                log(message)
-
-        if step % config.log_every == 0 or step == schedule.total:
-            tok_s = window_steps * config.tokens_per_step / window_time
-            mean_loss = window_loss / window_steps
+    stop = _StopRequest()  # Ctrl-C: finish the step, save, stop (README: Interrupting a run)
+    try:
+        while True:
+            # Every rank must take the same steps, or one waits forever in a collective the others never join: rank 0's
+            # clock and plan decide for all.
+            go = (schedule.total is None or step < schedule.total) and not pacer.out_of_time() and not stop.requested
+            go, schedule.total, interrupted = distributed.broadcast((go, schedule.total, stop.requested))
+            if not go:
+                break
+            lr = optimizer.param_groups[0]["lr"]
+            micro = [batches.batch(step * config.grad_accum + i) for i in range(config.grad_accum)]
+            micro = [(x[rows].to(device), y[rows].to(device)) for x, y in micro]
+            t = time.perf_counter()
+            loss, grad_norm = train_step(forward_model, optimizer, scheduler, micro, config.grad_clip, autocast)
+            loss = distributed.mean(loss)  # the global batch's loss: every rank's share has as many tokens
+            dt = time.perf_counter() - t
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"training loss is {loss} at step {step}; try a lower --lr")
+            step += 1
+            session_tokens, session_time = session_tokens + config.tokens_per_step, session_time + dt
+            window_loss, window_steps, window_time = window_loss + loss, window_steps + 1, window_time + dt
+            bar.update()
             if main:
-                metrics.append("train", step=step, tokens=step * config.tokens_per_step, loss=mean_loss, lr=lr,
-                               grad_norm=grad_norm, tok_s=tok_s, elapsed_s=pacer.elapsed())
-                train_points.append((step, mean_loss))
-                bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
-                if writer:
-                    writer.add_scalar("train/loss", mean_loss, step)
-                    writer.add_scalar("train/lr", lr, step)
-                    writer.add_scalar("train/tok_s", tok_s, step)
-            window_loss, window_steps, window_time = 0.0, 0, 0.0
-        if config.eval_every != -1 and step % config.eval_every == 0:
-            periodic_eval()
-        if config.save_every != -1 and step % config.save_every == 0:
-            save_checkpoint(run_dir, model, optimizer, scheduler, _counters(step, config, pacer.elapsed()))
-            last_saved = step
+                changes, message = pacer.after_step(step, dt)
+                if changes:
+                    config = config.replace(**changes)
+                    write_config(run_dir, config.to_dict(), model_config.to_dict())
+                    bar.total = schedule.total
+                    bar.refresh()
+                if message:
+                    log(message)
+
+            if step % config.log_every == 0 or step == schedule.total:
+                tok_s = window_steps * config.tokens_per_step / window_time
+                mean_loss = window_loss / window_steps
+                if main:
+                    metrics.append("train", step=step, tokens=step * config.tokens_per_step, loss=mean_loss, lr=lr,
+                                   grad_norm=grad_norm, tok_s=tok_s, elapsed_s=pacer.elapsed())
+                    train_points.append((step, mean_loss))
+                    bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+                    if writer:
+                        writer.add_scalar("train/loss", mean_loss, step)
+                        writer.add_scalar("train/lr", lr, step)
+                        writer.add_scalar("train/tok_s", tok_s, step)
+                window_loss, window_steps, window_time = 0.0, 0, 0.0
+            if config.eval_every != -1 and step % config.eval_every == 0:
+                periodic_eval()
+            if config.save_every != -1 and step % config.save_every == 0:
+                save_checkpoint(run_dir, model, optimizer, scheduler, _counters(step, config, pacer.elapsed()))
+                last_saved = step
+    finally:
+        stop.restore()
     bar.close()
     train_seconds = pacer.elapsed()
     if step != last_saved:
         save_checkpoint(run_dir, model, optimizer, scheduler, _counters(step, config, train_seconds))
+    if interrupted:
+        log(f"interrupted at step {step}: checkpoint saved; continue with: miras train --resume {run_dir}")
+        distributed.barrier()
+        raise KeyboardInterrupt
 
     # -- final evaluation, unigram baseline and a sample
     log_probs = unigram_log_probs(train_tokens, tokenizer.vocab_size)

@@ -266,3 +266,28 @@ def test_paths_are_saved_absolute_so_a_run_resumes_from_anywhere(tmp_path, data,
     monkeypatch.chdir("/")
     assert train(resume_config(tmp_path / "run", max_steps=3)).step == 3
     assert result.val_ppl > 0
+
+
+def test_ctrl_c_finishes_the_step_saves_and_stops(tmp_path, data, monkeypatch):
+    """SIGINT in the middle of step 3: that step completes, its checkpoint is saved, train raises KeyboardInterrupt
+    (the CLI exits 130) and a resume continues from step 3; the handler is gone afterwards."""
+    import signal
+
+    import miras.train.loop as loop
+
+    calls = []
+
+    def interrupted_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(*args, **kwargs)
+
+    real_step = loop.train_step
+    monkeypatch.setattr(loop, "train_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tmp_path, data, max_steps=8))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert (tmp_path / "run" / "latest").read_text().strip() == "checkpoint-0000003"
+    monkeypatch.setattr(loop, "train_step", real_step)
+    assert train(resume_config(tmp_path / "run")).step == 8
