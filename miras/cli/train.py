@@ -27,7 +27,7 @@ GROUPS: dict[str, dict[str, str]] = {
         "data": "training text: 'sotu' (embedded State of the Union corpus) or a .txt / .jsonl file, folder or glob",
         "val_data": "validation sets, the first one primary: a corpus name (its validation split), the --data spec "
         "(its held-out last 5%%) or another path (all of it); default: the --data held-out part, then wiki",
-        "tokenizer": "bpe (trained on the training data) or gpt2",
+        "tokenizer": "bpe (trained on --data: sotu's training addresses, or all of a file spec, held-out part included) or gpt2",
         "vocab_size": "vocabulary of the trained BPE",
         "cache_dir": "token cache folder (default ~/.cache/miras/tokens)",
     },

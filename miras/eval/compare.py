@@ -39,6 +39,7 @@ from miras.models import MirasLM
 from miras.presets import PRESETS
 from miras.spec import MemorySpec
 from miras.train import ConfigError, TrainConfig, save_checkpoint, train
+from miras.train.config import absolute_spec
 from miras.train.loop import WarmupCosine, param_groups
 from miras.train.run_dir import CONFIG_FILE, TOKENIZER_DIR, MetricsLog, read_config, write_config, write_text_atomic
 
@@ -298,7 +299,9 @@ def _train_lm(run_dir: Path, model_config: ModelConfig, config: CompareConfig, t
         "intermediate_size": model_config.intermediate_size,
         "steps": result.step,
         "tokens": result.tokens,
-        "ppl": {spec: {"ppl": e["ppl"], "loss": e["loss"], "tokens": e["tokens"]} for spec, e in result.evals.items()},
+        # The trainer keys its evaluations by absolute path; the table by the spelling the user gave.
+        "ppl": {spec: {k: e[k] for k in ("ppl", "loss", "tokens")}
+                for spec, e in ((s, result.evals[absolute_spec(s)]) for s in config.val_data)},
         "tok_s": _tokens_per_second(records),
         "train_loss": [[r["step"], r["loss"]] for r in records if r["event"] == "train"],
     }

@@ -58,7 +58,8 @@ class TrainConfig:
     data: str = "sotu"
     val_data: tuple[str, ...] = ()
     tokenizer: str = "bpe"
-    vocab_size: int = 8192  # of the BPE trained on the training split (ignored for gpt2)
+    vocab_size: int = 8192  # of the BPE (ignored for gpt2): trained on sotu's training addresses, or on every
+    # document of a --data spec, its held-out 5% included (that split is only known in tokens)
     cache_dir: str = ""  # token cache; "" = ~/.cache/miras/tokens
 
     # Optimization. One step = grad_accum micro-batches of batch_size x seq_len tokens (-1 seq_len: the size's
@@ -103,9 +104,9 @@ class TrainConfig:
         if self.max_minutes is None:
             self.max_minutes = DEFAULT_MINUTES if self.max_steps == -1 else -1
         # Paths are kept absolute, so that a run resumes and evaluates from any working directory.
-        self.data = _absolute(self.data)
-        self.val_data = tuple(_absolute(spec) for spec in self.val_data)
-        self.cache_dir = _absolute(self.cache_dir)
+        self.data = absolute_spec(self.data)
+        self.val_data = tuple(absolute_spec(spec) for spec in self.val_data)
+        self.cache_dir = absolute_spec(self.cache_dir)
         self.betas = tuple(self.betas)
         _choice("preset", self.preset, (*PRESETS, TRANSFORMER))
         _choice("size", self.size, tuple(SIZES))
@@ -182,7 +183,8 @@ def resume_config(run_dir: str | Path, **overrides: object) -> TrainConfig:
     """The saved TrainConfig of `run_dir`, set to resume it, with `overrides` of RESUMABLE fields applied. Other
     fields would change what the continued run computes, so changing them raises a ConfigError."""
     try:
-        saved = TrainConfig.from_dict(read_config(run_dir)["train"])
+        # The saved resume/out_dir are where an earlier session found the run; it is at run_dir now.
+        saved = TrainConfig.from_dict({**read_config(run_dir)["train"], "resume": "", "out_dir": ""})
     except ValueError as e:
         raise ConfigError("resume", str(e)) from None
     saved_values = saved.to_dict()
@@ -200,7 +202,8 @@ def resume_config(run_dir: str | Path, **overrides: object) -> TrainConfig:
                 f"only {', '.join(RESUMABLE)} may change",
             )
     changes = {name: value for name, value in overrides.items() if name in RESUMABLE}
-    return saved.replace(resume=str(run_dir), out_dir=str(run_dir), **changes)
+    here = str(Path(run_dir).absolute())
+    return saved.replace(resume=here, out_dir=here, **changes)
 
 
 def changed_fields(config: TrainConfig) -> dict:
@@ -212,13 +215,13 @@ def changed_fields(config: TrainConfig) -> dict:
 def _normalized(name: str, value: object) -> object:
     """A given field value as the saved config holds it (absolute paths, lists for tuples)."""
     if name in ("data", "cache_dir"):
-        return _absolute(value)
+        return absolute_spec(value)
     if name == "val_data":
-        return [_absolute(spec) for spec in value]
+        return [absolute_spec(spec) for spec in value]
     return list(value) if isinstance(value, tuple) else value
 
 
-def _absolute(spec: str) -> str:
+def absolute_spec(spec: str) -> str:
     """A data spec, folder or file as an absolute path (~ expanded); a corpus name or "" (unset) as it is."""
     if not isinstance(spec, str) or not spec or spec in CORPORA:
         return spec

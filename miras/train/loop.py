@@ -77,7 +77,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 class WarmupCosine:
     """LR multiplier for optimizer step s (0-based): linear warm-up to 1 over `warmup` steps, then a cosine down to
-    `min_ratio` at step `total`. `total` is None until a time budget has been turned into steps (the multiplier
+    `min_ratio` at step `total` - 1, the last step a run of `total` steps takes. `total` is None until a time budget has been turned into steps (the multiplier
     stays 1 meanwhile). A callable object rather than a closure so that LambdaLR's state_dict saves its fields."""
 
     def __init__(self, warmup: int, total: int | None, min_ratio: float) -> None:
@@ -88,7 +88,7 @@ class WarmupCosine:
             return (step + 1) / self.warmup
         if self.total is None:
             return 1.0
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - 1 - self.warmup))
         return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -437,7 +437,7 @@ def _train(config: TrainConfig, distributed: Distributed) -> TrainResult:
     # Thread probing is for a process alone on its cores; processes sharing a node split the cores instead.
     probe = device.type == "cpu" and config.threads == -1 and not config.resume and not distributed.enabled
     pacer = Pacer(config, schedule, step, counters["elapsed_s"], cores if probe else 0)
-    window_loss, window_steps, window_time = 0.0, 0, 0.0
+    window_loss, window_steps, window_time = counters.get("window", (0.0, 0, 0.0))
     session_tokens, session_time = 0, 0.0
     last_saved = step if config.resume else -1
     loss = float("nan")
@@ -510,14 +510,16 @@ def _train(config: TrainConfig, distributed: Distributed) -> TrainResult:
             if config.eval_every != -1 and step % config.eval_every == 0:
                 periodic_eval()
             if config.save_every != -1 and step % config.save_every == 0:
-                save_checkpoint(run_dir, model, optimizer, scheduler, _counters(step, config, pacer.elapsed()))
+                save_checkpoint(run_dir, model, optimizer, scheduler,
+                                _counters(step, config, pacer.elapsed(), (window_loss, window_steps, window_time)))
                 last_saved = step
     finally:
         stop.restore()
     bar.close()
     train_seconds = pacer.elapsed()
     if step != last_saved:
-        save_checkpoint(run_dir, model, optimizer, scheduler, _counters(step, config, train_seconds))
+        save_checkpoint(run_dir, model, optimizer, scheduler,
+                        _counters(step, config, train_seconds, (window_loss, window_steps, window_time)))
     if interrupted:
         log(f"interrupted at step {step}: checkpoint saved; continue with: miras train --resume {run_dir}")
         distributed.barrier()
@@ -598,8 +600,10 @@ def _seconds_per_step(timed: list[tuple[int, float]]) -> dict[int, float]:
     return {threads: sum(s) / len(s) for threads, s in by_threads.items()}
 
 
-def _counters(step: int, config: TrainConfig, elapsed: float) -> dict:
-    return {"step": step, "tokens": step * config.tokens_per_step, "elapsed_s": elapsed}
+def _counters(step: int, config: TrainConfig, elapsed: float, window: tuple[float, int, float]) -> dict:
+    """What a checkpoint records of the run's progress; `window` (loss sum, steps, seconds since the last training
+    record) lets a resumed run log the same averages as an uninterrupted one."""
+    return {"step": step, "tokens": step * config.tokens_per_step, "elapsed_s": elapsed, "window": list(window)}
 
 
 def _tokenizer(config: TrainConfig) -> Tokenizer:

@@ -211,11 +211,13 @@ def test_every_yaad_variant_builds_and_runs():
         assert torch.isfinite(logits).all(), c.name
 
 
-def test_ablate_moneta_p_end_to_end(data, tmp_path):
+def test_ablate_moneta_p_end_to_end(data, tmp_path, monkeypatch):
     out = tmp_path / "ablate"
-    config = micro(data, tmp_path, mqar_steps=0, niah_samples=0)
+    monkeypatch.chdir(data.parent)  # a relative validation set: rows and table keep the spelling given
+    config = micro(data, tmp_path, mqar_steps=0, niah_samples=0, val_data=(data.name,))
     rows = ablate("moneta-p", config, out, [2, 3], log=quiet)
     assert [r["label"] for r in rows] == ["p = 2", "p = 3"] and all(r["errors"] == {} for r in rows)
+    assert all(r["lm"]["ppl"][data.name]["ppl"] > 1 for r in rows)
     assert "mqar" not in rows[0] and "niah" not in rows[0]
     table = (out / "results.md").read_text()
     assert "# Ablation: Moneta's p" in table and "| p = 2 |" in table and "MQAR" not in table
