@@ -353,8 +353,11 @@ def niah_grid(
 
 
 def niah_match(generated: str, answer: str) -> bool:
-    """RULER's exact-match score: the generated text contains the needle's value (case-insensitive)."""
-    return answer.lower() in generated.lower()
+    """RULER's string-match score, made whole-token: the generated text contains the needle's value
+    (case-insensitive) with no letter or digit right before or after it, so "12345678" does not count as "1234567"
+    (RULER's plain substring test would count it)."""
+    pattern = rf"(?<![0-9a-z]){re.escape(answer.lower())}(?![0-9a-z])"
+    return re.search(pattern, generated.lower()) is not None
 
 
 def niah_accuracy(samples: Sequence[NIAHSample], generations: Sequence[str]) -> dict[tuple[int, float], float]:

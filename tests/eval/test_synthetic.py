@@ -230,3 +230,5 @@ def test_niah_match():
     assert niah_match(" 1234567.", "1234567")
     assert niah_match("ABCD-ef", "abcd-EF")
     assert not niah_match(" 123456", "1234567")
+    assert not niah_match(" 12345678", "1234567") and not niah_match("9912345670", "1234567")  # a longer number
+    assert niah_match("is 1234567, and", "1234567") and niah_match("1234567", "1234567")
