@@ -19,6 +19,9 @@ DEFAULT_LENGTHS = (1024, 2048, 4096)
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
+DEPTH_NOTE = 0.05  # a cell whose needles sit further than this from the requested depth, on average, is noted
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "niah", help="needle-in-a-haystack accuracy by context length and needle depth",
@@ -83,5 +86,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{'depth':>8} " + " ".join(f"{length:>7}" for length in result.lengths))
         for depth in result.depths:
             print(f"{depth:>8.0%} " + " ".join(f"{100 * grid[(length, depth)]:>7.1f}" for length in result.lengths))
+    off = [c for c in result.cells if abs(c.mean_needle_depth - c.depth) > DEPTH_NOTE]
+    if off:
+        worst = max(off, key=lambda c: abs(c.mean_needle_depth - c.depth))
+        print(f"\nnote: in {len(off)} of {len(result.cells)} cells the needles sit more than {DEPTH_NOTE:.0%} from the "
+              f"requested depth on average (sentence starts; worst: {worst.variant}, length {worst.length}, depth "
+              f"{worst.depth:.0%} at {worst.mean_needle_depth:.0%}); niah.json has every cell's mean_needle_depth")
     print(f"\noverall accuracy {result.accuracy:.1%}; wrote {out / 'niah.json'} and niah-<variant>.png")
     return 0

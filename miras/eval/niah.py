@@ -40,6 +40,9 @@ class NIAHCell:
     depth: float
     accuracy: float
     num_samples: int
+    # Where the needles really sit: the requested depth rounded to a sentence start, which at short lengths (a few
+    # hundred tokens, a few sentences) can be far from it.
+    mean_needle_depth: float
 
 
 @dataclass(frozen=True)
@@ -141,10 +144,11 @@ def evaluate_niah(
     finally:
         model.train(was_training)
 
-    hits: dict[tuple[str, int, float], list[bool]] = defaultdict(list)  # insertion order = grid order
+    by_cell: dict[tuple[str, int, float], list[NIAHRecord]] = defaultdict(list)  # insertion order = grid order
     for r in records:
-        hits[(r.variant, r.length, r.depth)].append(r.correct)
-    cells = [NIAHCell(v, length, d, sum(h) / len(h), len(h)) for (v, length, d), h in hits.items()]
+        by_cell[(r.variant, r.length, r.depth)].append(r)
+    cells = [NIAHCell(v, length, d, _mean([r.correct for r in rs]), len(rs), sum(r.needle_depth for r in rs) / len(rs))
+             for (v, length, d), rs in by_cell.items()]
     by_variant = {v: _mean([r.correct for r in records if r.variant == v]) for v in variants}
     return NIAHResult(
         accuracy=_mean([r.correct for r in records]),

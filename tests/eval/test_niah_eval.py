@@ -59,6 +59,10 @@ def test_oracle_scores_every_cell_perfectly(tokenizer, documents):
         (v, length, d) for v in ("passkey", "number", "uuid") for length in (256, 320) for d in (0.0, 0.5, 1.0)
     ]
     assert all(c.accuracy == 1.0 and c.num_samples == 2 for c in result.cells)
+    for cell in result.cells:  # the achieved depths of the cell's samples, averaged
+        depths = [s.needle_depth for s in result.samples
+                  if (s.variant, s.length, s.depth) == (cell.variant, cell.length, cell.depth)]
+        assert cell.mean_needle_depth == pytest.approx(sum(depths) / len(depths))
     assert len(result.samples) == 36 and all(s.correct for s in result.samples)
     assert result.grid("uuid") == {(length, d): 1.0 for length in (256, 320) for d in (0.0, 0.5, 1.0)}
     assert re.fullmatch(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", result.samples[-1].answer)
