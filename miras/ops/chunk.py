@@ -401,7 +401,9 @@ def chunk_miras(
             α and θ are taken in log space: a gate's own gradient loses digits near 0 and is 0 at exactly 0 (README
             section 2, "Gates near 0"; a gate computed through a sigmoid is not affected).
         chunk_size: tokens per chunk; every gradient in a chunk is taken at the chunk's anchor. Any T works.
-        initial_state: None (zeros, linear memory only), the memory weights, or a MirasState.
+        initial_state: None (zeros, linear memory only), the memory weights, or a MirasState. A state left
+            mid-chunk (offset > 0) fills its chunk up to chunk_size tokens: pass the chunk_size that left it (the
+            state does not record it).
         compile_steps: run the chunks' steps through torch.compile, full chunks COMPILED_RUN per call (README
             section 7): the elementwise work on the memory weights fuses (Moneta fwd+bwd ~2x at T=2048 on 2 CPU
             cores). Compiling costs ~90 s once on 2 cores, whatever T, where compiling the whole op unrolls its

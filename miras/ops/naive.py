@@ -96,7 +96,9 @@ def naive_recurrent_miras(
         q, k: [B, T, H, K]; v: [B, T, H, V].
         eta: [B, T, H] inner learning rate (> 0); alpha: [B, T, H] retention in [0, 1] (None for retention="none");
         momentum: [B, T, H] θ in [0, 1] (algorithm="momentum"); delta: [B, T, H] Huber δ > 0 (bias="huber").
-        initial_state: None (zeros, linear memory only), the memory weights, or a MirasState.
+        initial_state: None (zeros, linear memory only), the memory weights, or a MirasState. A state left
+            mid-chunk (offset > 0) fills its chunk up to chunk_size tokens: pass the chunk_size that left it (the
+            state does not record it).
     Returns:
         o [B, T, H, V] in q's dtype, and the final MirasState if output_final_state.
     """
