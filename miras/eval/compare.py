@@ -300,8 +300,8 @@ def _train_lm(run_dir: Path, model_config: ModelConfig, config: CompareConfig, t
         "steps": result.step,
         "tokens": result.tokens,
         # The trainer keys its evaluations by absolute path; the table by the spelling the user gave.
-        "ppl": {spec: {k: e[k] for k in ("ppl", "loss", "tokens")}
-                for spec, e in ((s, result.evals[absolute_spec(s)]) for s in config.val_data)},
+        "ppl": {spec: {k: result.evals[absolute_spec(spec)][k] for k in ("ppl", "loss", "tokens")}
+                for spec in config.val_data},
         "tok_s": _tokens_per_second(records),
         "train_loss": [[r["step"], r["loss"]] for r in records if r["event"] == "train"],
     }

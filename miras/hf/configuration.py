@@ -65,8 +65,8 @@ class MirasConfig(PreTrainedConfig):
         config, after validation and after the resolved fields were written back: a new preset kept the old preset's
         spec (yaad's gates around moneta's memory). Model fields are applied to the dict before the config is built
         instead: validated, and what was resolved from them is resolved again (RESOLVED_FROM)."""
-        aliases = {alias: name for alias, name in cls.attribute_map.items()}
-        overrides = {aliases.get(key, key): kwargs.pop(key) for key in list(kwargs) if aliases.get(key, key) in MODEL_FIELDS}
+        names = cls.attribute_map  # num_attention_heads -> num_heads
+        overrides = {names.get(key, key): kwargs.pop(key) for key in list(kwargs) if names.get(key, key) in MODEL_FIELDS}
         if overrides:
             config_dict = dict(config_dict)
             for field, sources in RESOLVED_FROM.items():
