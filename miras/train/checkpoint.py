@@ -111,7 +111,7 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path:
     pointer = run_dir / LATEST
     if not pointer.is_file():
         raise CheckpointError(f"{run_dir}: no checkpoint to resume from (no '{LATEST}' file); the run stopped before "
-                              f"its first save: delete the folder to start it again")
+                              "its first save: delete the folder to start it again")
     path = run_dir / pointer.read_text(encoding="utf-8").strip()
     if not (path / MODEL_FILE).is_file():
         raise CheckpointError(f"{run_dir}: '{LATEST}' names {path.name}, which has no {MODEL_FILE}")

@@ -24,9 +24,9 @@ DTYPES = ("auto", "float32", "bfloat16")
 PARALLEL = ("ddp", "fsdp")  # how several processes (torchrun) split the work; see distributed.py
 # ModelConfig fields the trainer can override on top of a named size (-1: keep the size's value).
 MODEL_OVERRIDES = ("hidden_size", "num_hidden_layers", "num_heads", "head_dim", "chunk_size")
-# Fields a resumed run may change: they stop, place or report the run but do not change what it computes.
+PATH_FIELDS = ("data", "val_data", "cache_dir")  # data specs and folders, stored as absolute paths
 DEFAULT_MINUTES = 8.0  # the time budget of a run given neither max_steps nor max_minutes
-
+# Fields a resumed run may change: they stop, place or report the run but do not change what it computes.
 RESUMABLE = ("max_steps", "max_minutes", "device", "threads", "compile", "tf32", "tensorboard", "progress", "parallel")
 
 
@@ -103,10 +103,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.max_minutes is None:
             self.max_minutes = DEFAULT_MINUTES if self.max_steps == -1 else -1
-        # Paths are kept absolute, so that a run resumes and evaluates from any working directory.
-        self.data = absolute_spec(self.data)
-        self.val_data = tuple(absolute_spec(spec) for spec in self.val_data)
-        self.cache_dir = absolute_spec(self.cache_dir)
+        for name in PATH_FIELDS:  # kept absolute, so that a run resumes and evaluates from any working directory
+            setattr(self, name, _absolute_paths(name, getattr(self, name)))
         self.betas = tuple(self.betas)
         _choice("preset", self.preset, (*PRESETS, TRANSFORMER))
         _choice("size", self.size, tuple(SIZES))
@@ -214,11 +212,15 @@ def changed_fields(config: TrainConfig) -> dict:
 
 def _normalized(name: str, value: object) -> object:
     """A given field value as the saved config holds it (absolute paths, lists for tuples)."""
-    if name in ("data", "cache_dir"):
-        return absolute_spec(value)
-    if name == "val_data":
-        return [absolute_spec(spec) for spec in value]
+    value = _absolute_paths(name, value)
     return list(value) if isinstance(value, tuple) else value
+
+
+def _absolute_paths(name: str, value: object) -> object:
+    """Field `name`'s value with its paths absolute, as TrainConfig keeps it (PATH_FIELDS; other fields as they are)."""
+    if name == "val_data":
+        return tuple(absolute_spec(spec) for spec in value)
+    return absolute_spec(value) if name in PATH_FIELDS else value
 
 
 def absolute_spec(spec: str) -> str:
