@@ -27,45 +27,54 @@ def memora(**overrides: object) -> MemorySpec:
 
 
 def linear_attention(**overrides: object) -> MemorySpec:
-    """Linear attention: W_t = W_{t-1} + η_t v_t k_tᵀ (dot-product bias, no retention)."""
-    return MemorySpec(memory="linear", bias="dot", retention="none").replace(**overrides)
+    """Linear attention: W_t = W_{t-1} + η_t v_t k_tᵀ (dot-product bias, no retention). The dot bias's gradient does
+    not depend on W, so per-token and per-chunk gradients are one function: exact at every chunk size."""
+    return MemorySpec(memory="linear", bias="dot", retention="none", gradients="per_token").replace(**overrides)
 
 
 def retnet(**overrides: object) -> MemorySpec:
-    """RetNet: W_t = α W_{t-1} + η_t v_t k_tᵀ with a fixed per-head α (the layer makes α data-independent)."""
-    return MemorySpec(memory="linear", bias="dot", retention="decay").replace(**overrides)
+    """RetNet: W_t = α W_{t-1} + η_t v_t k_tᵀ with a fixed per-head α (the layer makes α data-independent).
+    Exact at every chunk size (dot bias)."""
+    return MemorySpec(memory="linear", bias="dot", retention="decay", gradients="per_token").replace(**overrides)
 
 
 def mamba2(**overrides: object) -> MemorySpec:
-    """Mamba2-style gated linear attention: W_t = α_t W_{t-1} + η_t v_t k_tᵀ (data-dependent scalar α_t)."""
-    return MemorySpec(memory="linear", bias="dot", retention="decay").replace(**overrides)
+    """Mamba2-style gated linear attention: W_t = α_t W_{t-1} + η_t v_t k_tᵀ (data-dependent scalar α_t). Exact at
+    every chunk size (dot bias)."""
+    return MemorySpec(memory="linear", bias="dot", retention="decay", gradients="per_token").replace(**overrides)
 
 
 def deltanet(**overrides: object) -> MemorySpec:
-    """DeltaNet: W_t = W_{t-1} - η_t (W_{t-1} k_t - v_t) k_tᵀ (exact at chunk_size=1)."""
-    return MemorySpec(memory="linear", bias="l2", retention="none").replace(**overrides)
+    """DeltaNet: W_t = W_{t-1} - η_t (W_{t-1} k_t - v_t) k_tᵀ, token by token at every chunk size (the WY / UT
+    transform; `gradients="per_chunk"` is the cheaper mini-batch variant, a different function)."""
+    return MemorySpec(memory="linear", bias="l2", retention="none", gradients="per_token").replace(**overrides)
 
 
 def gated_deltanet(**overrides: object) -> MemorySpec:
-    """Gated DeltaNet: W_t = α_t (I - η_t k_t k_tᵀ) W_{t-1} + η_t v_t k_tᵀ: the gradient is taken at the retained
-    state α_t W_{t-1} (exact at chunk_size=1)."""
-    return MemorySpec(memory="linear", bias="l2", retention="decay", gradient_at="retained").replace(**overrides)
+    """Gated DeltaNet: W_t = α_t W_{t-1} (I - η_t k_t k_tᵀ) + η_t v_t k_tᵀ: the gradient is taken at the retained
+    state α_t W_{t-1}, token by token at every chunk size (the WY / UT transform; `gradients="per_chunk"` is the
+    cheaper mini-batch variant, a different function)."""
+    return MemorySpec(
+        memory="linear", bias="l2", retention="decay", gradient_at="retained", gradients="per_token"
+    ).replace(**overrides)
 
 
 def ttt_linear(**overrides: object) -> MemorySpec:
-    """TTT-Linear: f(x) = x + LN(W x), l2 bias, no retention, mini-batch GD (chunk 16 in the TTT paper)."""
+    """TTT-Linear: f(x) = x + LN(W x), l2 bias, no retention, mini-batch GD (per-chunk gradients; chunk 16 in the TTT
+    paper)."""
     return MemorySpec(
         memory="mlp", mlp_depth=1, mlp_residual=True, mlp_norm="layernorm", bias="l2", retention="none"
     ).replace(**overrides)
 
 
 def ttt_mlp(**overrides: object) -> MemorySpec:
-    """TTT-MLP: f(x) = x + LN(W_2 GELU(W_1 x)), l2 bias, no retention, mini-batch GD."""
+    """TTT-MLP: f(x) = x + LN(W_2 GELU(W_1 x)), l2 bias, no retention, mini-batch GD (per-chunk gradients)."""
     return MemorySpec(memory="mlp", mlp_depth=2, bias="l2", retention="none").replace(**overrides)
 
 
 def titans(**overrides: object) -> MemorySpec:
-    """Titans (LMM): 2-layer MLP, l2 bias, decay, GD with momentum: S_t = θ_t S - η_t g, W_t = α_t W + S_t."""
+    """Titans (LMM): 2-layer MLP, l2 bias, decay, GD with momentum: S_t = θ_t S - η_t g, W_t = α_t W + S_t, with
+    per-chunk gradients (the Titans paper's mini-batch parallelization)."""
     return MemorySpec(memory="mlp", bias="l2", retention="decay", algorithm="momentum").replace(**overrides)
 
 

@@ -18,7 +18,9 @@ ALGORITHMS = ("gd", "momentum")
 ACTIVATIONS = ("gelu", "silu", "relu", "tanh")
 NORMS = ("layernorm", "none")
 GRADIENT_AT = ("anchor", "retained")
+GRADIENTS = ("per_chunk", "per_token")
 LQ_MAPS = ("literal", "mirror")
+INCHUNK_STEPS = ("raw", "scaled")
 
 # Retentions whose map from accumulator to weights is non-linear: the paper applies the map at chunk boundaries only
 # (with a lag token, see ops/README.md).
@@ -83,6 +85,21 @@ class MemorySpec:
     # "retained" (the anchor decayed by the retention so far, α_t W_{t-1} at chunk size 1; Mamba2 / Gated DeltaNet).
     gradient_at: str = "anchor"
 
+    # Which state each token's inner gradient is taken at, i.e. what chunk_size means. "per_chunk": at the chunk's
+    # anchor (mini-batch GD inside a chunk, the TTT / Titans / Miras-paper parallel scheme; chunk_size is a
+    # semantic hyper-parameter). "per_token": at the state the previous token left (online GD, the exact
+    # recurrence at every chunk size; chunk_size is only a speed knob). per_token has an exact chunk-parallel form
+    # (the WY / UT transform of DeltaNet) only for the delta-rule family: memory linear, bias l2 or dot, retention
+    # none or decay, algorithm gd. Any other spec is per-token at chunk_size=1 (ops/README.md section 1).
+    gradients: str = "per_chunk"
+
+    # Non-linear retentions with per-chunk gradients: how the read weights move inside a chunk after its lag token
+    # (ops/README.md section 1). "raw": by the accumulator's increments, W_t = α_t W_{t-1} - η_t g_t (the paper's
+    # parallel scheme, literally). "scaled": by those increments times φ's slope at the lag token, s = tr J_φ(A_s) / N
+    # per weight matrix (Moneta: 1/n_s^{q-2}; Memora: c·mean p(1-p)), a first-order step through φ that keeps the
+    # fast path (one scalar per matrix). At chunk size 1 both are the per-token rule.
+    inchunk_steps: str = "raw"
+
     def __post_init__(self) -> None:
         _choice("memory", self.memory, MEMORIES)
         _choice("bias", self.bias, BIASES)
@@ -92,6 +109,8 @@ class MemorySpec:
         _choice("mlp_norm", self.mlp_norm, NORMS)
         _choice("gradient_at", self.gradient_at, GRADIENT_AT)
         _choice("lq_map", self.lq_map, LQ_MAPS)
+        _choice("gradients", self.gradients, GRADIENTS)
+        _choice("inchunk_steps", self.inchunk_steps, INCHUNK_STEPS)
         if not isinstance(self.mlp_residual, bool):
             raise ValueError(f"MemorySpec.mlp_residual={self.mlp_residual!r} must be True or False")
         _number("mlp_depth", self.mlp_depth, low=1, integer=True)
@@ -110,8 +129,32 @@ class MemorySpec:
                 f"MemorySpec.gradient_at='retained' needs retention 'none' or 'decay' (got retention={self.retention!r}): "
                 "the retained state is only defined for multiplicative decay"
             )
+        if self.inchunk_steps == "scaled" and not self.nonlinear_retention:
+            raise ValueError(
+                f"MemorySpec.inchunk_steps='scaled' needs a non-linear retention ('lq', 'kl' or 'elastic'; got "
+                f"retention={self.retention!r}, whose in-chunk steps are exact): use inchunk_steps='raw'"
+            )
+        if self.gradients == "per_token" and (reason := self._no_exact_parallel_form()):
+            raise ValueError(
+                f"MemorySpec.gradients='per_token' has no exact chunk-parallel form with {reason}; it is supported for "
+                "memory='linear', bias 'l2' or 'dot', retention 'none' or 'decay', algorithm 'gd' (the delta-rule "
+                "family). Use gradients='per_chunk' (mini-batch GD inside a chunk), with chunk_size=1 for the "
+                "per-token rule"
+            )
         if self.abs_eps == 0 and (reason := self._unbounded_at_zero()):
             raise ValueError(f"MemorySpec.abs_eps=0 with {reason}: NaN outputs or gradients where it is 0; use abs_eps > 0")
+
+    def _no_exact_parallel_form(self) -> str | None:
+        """Which choice of the spec rules out an exact chunk-parallel per-token form, as words; None when it has one."""
+        for field, value, allowed in (
+            ("memory", self.memory, ("linear",)),
+            ("bias", self.bias, ("l2", "dot")),
+            ("retention", self.retention, ("none", "decay")),
+            ("algorithm", self.algorithm, ("gd",)),
+        ):
+            if value not in allowed:
+                return f"{field}={value!r}"
+        return None
 
     def _unbounded_at_zero(self) -> str | None:
         """Which smoothed |x|^r or ‖x‖ of the spec has an unbounded derivative (or is 0/0) at x = 0 when ε = 0,
@@ -130,6 +173,12 @@ class MemorySpec:
     @property
     def nonlinear_retention(self) -> bool:
         return self.retention in NONLINEAR_RETENTIONS
+
+    @property
+    def per_token(self) -> bool:
+        """Every inner gradient is taken at the state the previous token left: chunk_size does not change the
+        function."""
+        return self.gradients == "per_token"
 
     @property
     def mlp(self) -> bool:

@@ -24,7 +24,7 @@ from miras.bench.report import say
 from miras.bench.timing import Fn, Settings, Timing, compare, matmul_fn, peak_memory, rss_rise, time_call
 from miras.memory.architecture import weight_shapes
 from miras.ops import chunk_miras, init_state, naive_recurrent_miras
-from miras.ops.linear_chunks import linear_chunks_apply
+from miras.ops.linear_chunks import INVERSE_BLOCK, linear_chunks_apply
 from miras.spec import MemorySpec
 
 # The issue's "linear-memory presets" (matmul-roof target) and "MLP-memory presets" (titans-pytorch target): every
@@ -145,6 +145,8 @@ def op_matmul_flops(spec: MemorySpec, B: int, T: int, H: int, K: int, V: int, ch
 
         Q Kᵀ 2m²K   S V 2m²V   B_j 2mVK   reads Q̃ W_0ᵀ 2mKV   and for l2: S K 2m²K   A_j 2mK²   scan W_j A_j 2VK²
 
+    and with per-token gradients (gradients="per_token", the exact delta rule; a short last chunk too) also
+    K Kᵀ 2m²K, the blocked inverse T = (I + A)⁻¹ (`unit_lower_inverse_flops`) and K̃ = T K, Ṽ = T V 2m²(K + V).
     The sequence starts at a chunk boundary; the last chunk may be short.
     """
     shapes = weight_shapes(spec, K, V)
@@ -157,14 +159,28 @@ def op_matmul_flops(spec: MemorySpec, B: int, T: int, H: int, K: int, V: int, ch
     affine = linear_chunks_apply(spec)
     for start in range(0, T, chunk_size):
         n = min(chunk_size, T - start)
-        if affine and n == chunk_size:
+        if affine and (n == chunk_size or spec.per_token):
             total += 2 * n * n * (K + V) + 4 * n * K * V
             if spec.bias == "l2":
                 total += 2 * n * n * K + 2 * n * K * K + 2 * V * K * K
+            if spec.bias == "l2" and spec.per_token:
+                total += 2 * n * n * K + unit_lower_inverse_flops(n) + 2 * n * n * (K + V)
             continue
         total += lag * (4 * io + 2 * back)
         total += 2 * n * io * (3 + 2 * mom) + 2 * n * back + 2 * n * n * (ins + outs) + mom * 2 * (n + 1) ** 3
     return B * H * total
+
+
+def unit_lower_inverse_flops(m: int) -> int:
+    """Matmul FLOPs of `linear_chunks._UnitLowerInverse`'s forward for one m×m matrix: per diagonal block of size r,
+    one squaring and one product (2r³ each) per doubling step; per later block row starting at s, A_{r,<s} T_{<s,<s}
+    (2r·s²) and T_rr times that (2r²·s)."""
+    total = 0
+    for s in range(0, m, INVERSE_BLOCK):
+        r = min(INVERSE_BLOCK, m - s)
+        total += (max(r - 1, 1).bit_length() - 1) * 4 * r**3
+        total += 2 * r * s * s + 2 * r * r * s if s else 0
+    return total
 
 
 def counted_flops(fn: Fn) -> int:
@@ -344,6 +360,14 @@ def _check_gdn(fn: Callable, device) -> float:
     return _max_rel_err(*results)
 
 
+PER_CHUNK_GDN = "gated_deltanet/per_chunk"  # the mini-batch variant's row name
+
+
+def _gated_deltanet_op(q, k, v, beta, g, chunk_size: int):
+    """chunk_miras with the gated_deltanet preset in the chunked delta rules' signature (log decays g)."""
+    return chunk_miras(q, k, v, beta, g.exp(), spec=presets.gated_deltanet(), chunk_size=chunk_size)[0]
+
+
 def run_linear(settings: Settings, shape: Shape, T: int = 8192, chunk: int = 64, preset_names: tuple[str, ...] = LINEAR_PRESETS) -> dict:
     """Linear-memory presets (fwd+bwd) beside (a) chunked gated delta rules in the WY/UT form, each checked against a
     token loop first: fla's pure-PyTorch `naive_chunk_gated_delta_rule` when fla is installed (the issue's reference
@@ -354,9 +378,11 @@ def run_linear(settings: Settings, shape: Shape, T: int = 8192, chunk: int = 64,
     few backward matmuls of the first and last chunk); the FLOPs torch's counter sees in one fwd+bwd are reported
     beside it.
 
-    Not the same function: the Miras presets take all gradients of a chunk at the chunk's anchor (mini-batch GD);
-    the gated delta rule is the exact per-token recurrence. mamba2 (= retnet's op) and linear_attention have no delta
-    correction at all (they are cheaper).
+    The same function: gated_deltanet and deltanet take per-token gradients (the exact delta rule, WY / UT form),
+    and gated_deltanet is checked against the gated delta rule's token loop before anything is timed (a failure stops
+    the run). `gated_deltanet/per_chunk` (gradients="per_chunk": every gradient of a chunk at its anchor, mini-batch
+    GD) is a different, cheaper function, timed for information. mamba2 (= retnet's op) and linear_attention have no
+    delta correction at all (they are cheaper).
     """
     dev, dt = settings.device, settings.dtype
     B, H, D = shape.batch, shape.heads, shape.head_dim
@@ -373,8 +399,16 @@ def run_linear(settings: Settings, shape: Shape, T: int = 8192, chunk: int = 64,
         else:
             fla_note = f"{fla_note}; vs the token loop: max rel err {fla_err:.1e}"
     say(f"[linear] fla: {fla_note}")
+    ours = _check_gdn(_gated_deltanet_op, dev)
+    if not ours <= 1e-8:
+        raise CorrectnessError(f"chunk_miras(gated_deltanet) is not the gated delta rule: max rel err {ours:.3e} against "
+                               "its token loop; not comparing it with the chunked delta rules")
+    say(f"[linear] chunk_miras(gated_deltanet) vs the gated delta rule's token loop: max rel err {ours:.1e} (same function)")
 
-    calls = {name: op_call(chunk_miras, presets.get(name), shape, T, chunk, dev, dt) for name in preset_names}
+    specs = {name: presets.get(name) for name in preset_names}
+    if "gated_deltanet" in specs:
+        specs[PER_CHUNK_GDN] = presets.gated_deltanet(gradients="per_chunk")
+    calls = {name: op_call(chunk_miras, spec, shape, T, chunk, dev, dt) for name, spec in specs.items()}
     gdn_in = op_call(chunk_miras, presets.gated_deltanet(), shape, T, chunk, dev, dt).leaves  # q, k, v, η, α
 
     def gdn(impl):

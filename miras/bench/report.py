@@ -193,9 +193,11 @@ def markdown(results: dict) -> str:
                 f"fla: {r['fla']}. `fla_naive_chunk` is fla's pure-PyTorch `naive_chunk_gated_delta_rule` (the reference of "
                 "the gated_deltanet target when fla is installed); `gdn_standin` our hand-written chunked gated delta rule "
                 "(`miras/bench/baselines.py`, a triangular solve where fla substitutes row by row); both checked against a "
-                "token loop. Not the same function: the Miras presets take a chunk's gradients at its anchor (mini-batch "
-                "GD), the gated delta rule is exact per token; mamba2 (retnet's op) and linear_attention have no delta "
-                "correction. FLOPs: matmuls only, bwd = 2x fwd (`op_matmul_flops`). float32 matmul "
+                "token loop. The same function: gated_deltanet and deltanet take per-token gradients (the exact delta "
+                "rule), and gated_deltanet was checked against the gated delta rule's token loop before timing; "
+                "`gated_deltanet/per_chunk` takes a chunk's gradients at its anchor (mini-batch GD), a different, "
+                "cheaper function; mamba2 (retnet's op) and linear_attention have no delta correction. FLOPs: matmuls "
+                "only, bwd = 2x fwd (`op_matmul_flops`). float32 matmul "
                 f"{'x'.join(map(str, r['matmul']['shape']))}, same threads, same round-robin: {r['matmul']['gflops']:.1f} GFLOP/s.", ""]
         out += _table(["name", "fwd+bwd ms", "tok/s", "x fla tok/s", "x stand-in tok/s", "GFLOP (formula)", "GFLOP (counted)", "GFLOP/s", "% of matmul"],
                       [[x["name"], _ms(x), x["tokens_per_s"], x["speedup_vs_fla"], x["speedup_vs_standin"], x["flops_fwdbwd"] / 1e9,

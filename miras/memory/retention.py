@@ -69,3 +69,27 @@ def retention_weights(
     if spec.retention == "lq" and spec.lq_map == "literal":
         return accum, tuple(lq_scale(spec, a) for a in accum)
     return retention_map(spec, accum), None
+
+
+def retention_slope(spec: MemorySpec, accum: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """φ's mean slope at A per weight matrix ([..., 1, 1]): the mean of the diagonal of its Jacobian, tr J_φ(A) / N,
+    i.e. the s for which s·I is the multiple of the identity closest to J_φ(A) (Frobenius). The in-chunk steps of
+    `inchunk_steps="scaled"` are the accumulator's increments times s. For lq the normalizer n is held fixed (its own
+    derivative adds a term of relative size (q-2)/N): the literal map's slope is then exactly `lq_scale`."""
+    if spec.retention == "lq":
+        if spec.lq_map == "literal":
+            return tuple(lq_scale(spec, a) for a in accum)
+        return tuple((spec.q - 1.0) * smooth_abs_pow(spec, a, spec.q - 2.0).mean(dim=(-2, -1), keepdim=True)
+                     * lq_scale(spec, a) for a in accum)
+    if spec.retention == "kl":
+        slopes = []
+        for a in accum:
+            scale = spec.kl_scale if spec.kl_scale > 0 else math.sqrt(a.shape[-1])
+            p = torch.softmax(a, dim=-1)
+            # the steps are centered per row (a projection of trace N - 1 per row): s·(I - 11ᵀ/N) has J's trace
+            n = a.shape[-1]
+            slopes.append(scale * (p - p * p).mean(dim=(-2, -1), keepdim=True) * (n / max(n - 1, 1)))
+        return tuple(slopes)
+    if spec.retention == "elastic":
+        return tuple((a.abs() > spec.elastic_threshold).to(a.dtype).mean(dim=(-2, -1), keepdim=True) for a in accum)
+    raise ValueError(f"retention={spec.retention!r} has no slope: its map is the identity")

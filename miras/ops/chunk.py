@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from miras.memory.architecture import activation, activation_derivative
 from miras.memory.bias import upstream
-from miras.memory.retention import retention_weights
+from miras.memory.retention import retention_slope, retention_weights
 from miras.ops.linear_chunks import group_size, linear_chunks, linear_chunks_apply, masked_decay
 from miras.ops.precision import compute_dtype, without_autocast
 from miras.ops.state import TINY_GATE, MirasState, Weights, check_inputs, resolve_state
@@ -191,28 +191,46 @@ def _dual_read(
     q: torch.Tensor,
     scores0: torch.Tensor | None,
     read_scales: Scales = None,
+    slopes: Scales = None,
 ) -> torch.Tensor:
     """o_t = M_{W_t}(q_t) for every token of the chunk without materializing W_t (README section 4).
 
     scores0 [B, H, n, n], if given, is the first layer's (Q Kᵀ) ⊙ C, computed for all chunks at once beforehand.
     read_scales: the read weights' layer l is read_scales[l] · read0[l] (a factor on the row scale a_t).
+    slopes (inchunk_steps="scaled"): the in-chunk steps of layer l are slopes[l] times the accumulator's, with each
+    row's mean removed for Memora (`centered_steps`): scores0 must then come from centered keys.
     """
+    centered = slopes is not None and centered_steps(spec)
     x = q
     h = None
     for layer, w in enumerate(read0):
         if layer > 0:
             x = activation(spec.mlp_activation, h)
         h = _row_scaled_matmul(coef.a if read_scales is None else coef.a * read_scales[layer][..., 0], x, w)
+        scores = scores0
+        if layer > 0 or scores0 is None:
+            written = _centered(inputs[layer]) if centered else inputs[layer]
+            scores = (x @ written.transpose(-1, -2)) * coef.c
+        step = scores @ deltas[layer]  # [B, H, n, out], minus what the chunk's gradients add to the read
         if mom0 is not None:
-            h = h + _row_scaled_matmul(coef.b, x, mom0[layer])
-        scores = scores0 if layer == 0 and scores0 is not None else (x @ inputs[layer].transpose(-1, -2)) * coef.c
-        h = h - scores @ deltas[layer]  # [B, H, n, out]
+            step = step - _row_scaled_matmul(coef.b, x, _centered(mom0[layer]) if centered else mom0[layer])
+        h = h - (step if slopes is None else slopes[layer] * step)
     y = h
     if spec.mlp and spec.mlp_norm == "layernorm":
         y = F.layer_norm(h, h.shape[-1:], eps=spec.norm_eps)
     if spec.mlp and spec.mlp_residual:
         y = q + y
     return y
+
+
+def centered_steps(spec: MemorySpec) -> bool:
+    """Memora's scaled in-chunk steps remove each row's mean: the softmax ignores a constant added to a row of A,
+    and its Jacobian at uniform rows is (c/N)(I - 11ᵀ/N) (README section 2, "In-chunk steps")."""
+    return spec.inchunk_steps == "scaled" and spec.retention == "kl"
+
+
+def _centered(x: torch.Tensor) -> torch.Tensor:
+    return x - x.mean(-1, keepdim=True)
 
 
 class _Tokens(NamedTuple):
@@ -246,7 +264,8 @@ def _segment(
     coef: _Coefficients | None = None,
     scores0: torch.Tensor | None = None,
     keep_weights: bool = True,
-) -> tuple[torch.Tensor, Weights, Weights | None, Weights | None, Weights | None]:
+    slopes: Scales = None,
+) -> tuple[torch.Tensor, Weights, Weights | None, Weights | None, Weights | None, Scales]:
     """Tokens of one chunk that all take their gradient at `anchor` and update linearly: a partial head or tail
     chunk is one step of the op (with compile_steps, one compiled graph); full chunks run through `_full_chunks`.
 
@@ -256,13 +275,15 @@ def _segment(
     linear retention the anchor is the state at the boundary. read0 is the read weights before the segment (None:
     the same as mem0). coef/scores0: precomputed for this chunk (computed here when None). keep_weights=False: the
     caller needs neither read nor anchor weights after the segment (it ends a chunk; the next chunk starts from the
-    memory alone). Returns (o [B, H, n, V], memory after, momentum after, read weights after (None when read0 is
-    None), anchor after; the last two None when not keep_weights).
+    memory alone). slopes: the in-chunk steps' factors on the read weights (inchunk_steps="scaled"), from the state
+    when the segment continues a chunk, from the lag step when it starts one. Returns (o [B, H, n, V], memory after,
+    momentum after, read weights after (None when read0 is None), anchor after, slopes; read and anchor None when
+    not keep_weights).
     """
     lag_row = anchor is None and spec.nonlinear_retention
     scales = None
     if lag_row:
-        mem0, mom0, read0, scales = _lag_step(spec, mem0, mom0, tokens)
+        mem0, mom0, read0, scales, slopes = _lag_step(spec, mem0, mom0, tokens)
         if keep_weights:  # the state after the segment holds W_s's increments: write W_s out
             read0, scales = _scaled(read0, scales), None
         anchor = read0
@@ -272,7 +293,7 @@ def _segment(
         coef = _coefficients(tokens.eta, tokens.alpha, tokens.theta, lag_row)
     gamma = coef.a if spec.gradient_at == "retained" else None
     inputs, deltas = _anchor_gradients(spec, anchor, tokens.k, tokens.v, tokens.delta, gamma, scales)
-    o = _dual_read(spec, mem0 if read0 is None else read0, mom0, coef, inputs, deltas, tokens.q, scores0, scales)
+    o = _dual_read(spec, mem0 if read0 is None else read0, mom0, coef, inputs, deltas, tokens.q, scores0, scales, slopes)
     a_end = coef.a[..., -1, None, None]  # [B, H, 1, 1]
     minus_c_end = -coef.c[..., -1, :].unsqueeze(-1)  # [B, H, n, 1]
     # What the chunk adds to a_n W_0 (README section 3: W_n = a_n W_0 + b_n S_0 - Σ_i c[n, i] g_i). The read
@@ -288,18 +309,22 @@ def _segment(
         mom = tuple(torch.addcmul((d * minus_d_end).transpose(-1, -2) @ x, s_end, s) for s, d, x in zip(mom0, deltas, inputs))
     mem = tuple(torch.addcmul(u, a_end, m) for m, u in zip(mem0, step))
     if not keep_weights:
-        return o, mem, mom, None, None
-    read = None if read0 is None else tuple(torch.addcmul(u, a_end, r) for r, u in zip(read0, step))
+        return o, mem, mom, None, None, slopes
+    read_step = step
+    if slopes is not None:
+        read_step = [s * (_centered(u) if centered_steps(spec) else u) for s, u in zip(slopes, step)]
+    read = None if read0 is None else tuple(torch.addcmul(u, a_end, r) for r, u in zip(read0, read_step))
     anchor_end = tuple(a_end * w for w in anchor) if gamma is not None else anchor
-    return o, mem, mom, read, anchor_end
+    return o, mem, mom, read, anchor_end, slopes
 
 
 def _lag_step(
     spec: MemorySpec, mem0: Weights, mom0: Weights | None, tokens: _Tokens
-) -> tuple[Weights, Weights | None, Weights, Scales]:
+) -> tuple[Weights, Weights | None, Weights, Scales, Scales]:
     """The lag token of a non-linear retention (README section 1): one exact step at φ(A'), then W_s = φ(A_s).
     The lag token is the first of `tokens` (the chunk's first segment, which then reads it).
-    Returns (accumulator after, momentum after, W_s as `retention_weights` gives it: weights and scales)."""
+    Returns (accumulator after, momentum after, W_s as `retention_weights` gives it: weights and scales, and φ's
+    slopes at A_s for inchunk_steps="scaled", else None)."""
     k, v = tokens.k[:, :, :1], tokens.v[:, :, :1]
     delta = None if tokens.delta is None else tokens.delta[:, :, :1]
     anchor, scales = retention_weights(spec, mem0)
@@ -314,7 +339,11 @@ def _lag_step(
     else:
         mom = tuple(torch.addcmul(u, tokens.theta[:, :, :1, None], s) for s, u in zip(mom0, steps))
         mem = tuple(torch.addcmul(s, alpha, m) for m, s in zip(mem0, mom))
-    return mem, mom, *retention_weights(spec, mem)
+    weights, scales = retention_weights(spec, mem)
+    slopes = None
+    if spec.inchunk_steps == "scaled":  # the literal lq map's slope is its scale: no second norm
+        slopes = scales if spec.retention == "lq" and scales is not None else retention_slope(spec, mem)
+    return mem, mom, weights, scales, slopes
 
 
 def _scaled(weights: Weights, scales: Scales) -> Weights:
@@ -330,7 +359,7 @@ def _full_chunks(
     outputs = []
     count = tokens.q.shape[0]
     for part, c, s in zip(tokens.unbind(), coef.unbind(), [None] * count if scores is None else scores.unbind(0)):
-        o, mem, mom, _, _ = _segment(spec, None, None, mem, mom, part, c, s, keep_weights=False)
+        o, mem, mom, _, _, _ = _segment(spec, None, None, mem, mom, part, c, s, keep_weights=False)
         outputs.append(o)
     return torch.stack(outputs), mem, mom
 
@@ -445,33 +474,37 @@ def chunk_miras(
         coef_all = _coefficients(body.eta, body.alpha, body.theta, spec.nonlinear_retention)
         scores = None
         if spec.gradient_at == "anchor":
-            scores = (body.q @ body.k.transpose(-1, -2)) * coef_all.c
+            keys = _centered(body.k) if centered_steps(spec) else body.k
+            scores = (body.q @ keys.transpose(-1, -2)) * coef_all.c
         sizes = _run_sizes(full, compiled)
         score_runs = [None] * len(sizes) if scores is None else torch.split(scores, sizes)
         steps += [("full", *run) for run in zip(body.split(sizes, dim=0), coef_all.split(sizes), score_runs)]
-    if tail:
+    if tail and spec.per_token:  # per-token gradients carry no chunk: the tail is a short chunk of its own
+        steps.append(("linear", tail_part, None, None))
+    elif tail:
         steps.append(("tail", tail_part, None, None))
 
     segment, full_chunks = (_compiled(_segment), _compiled(_full_chunks)) if compiled else (_segment, _full_chunks)
-    mem, mom, anchor, read = state.memory, state.momentum, state.anchor, state.read
+    mem, mom, anchor, read, slopes = state.memory, state.momentum, state.anchor, state.read, state.slope
     outputs = []
     for kind, part, coef, scores in steps:
         if kind == "linear":
-            group = _Tokens(*(None if x is None else x.unflatten(2, (-1, chunk_size)) for x in part))
+            m = min(chunk_size, part.q.shape[2])  # a group of full chunks, or a per-token tail
+            group = _Tokens(*(None if x is None else x.unflatten(2, (-1, m)) for x in part))
             o, w = linear_chunks(spec, mem[0], group.q, group.k, group.v, group.eta, group.alpha)
-            o, mem, anchor, read = o.flatten(2, 3), (w,), (w,), None
+            o, mem, anchor, read, slopes = o.flatten(2, 3), (w,), (w,), None, None
         elif kind == "full":
             o, mem, mom = full_chunks(spec, mem, mom, part, coef, scores)
-            o, anchor, read = o.movedim(0, 2).flatten(2, 3), None, None
+            o, anchor, read, slopes = o.movedim(0, 2).flatten(2, 3), None, None, None
         else:  # a head continues the chunk `initial_state` left open; a tail starts one
             if kind == "tail":
-                anchor, read = None, None
-            o, mem, mom, read, anchor = segment(spec, anchor, read, mem, mom, part)
+                anchor, read, slopes = None, None, None
+            o, mem, mom, read, anchor, slopes = segment(spec, anchor, read, mem, mom, part, slopes=slopes)
         outputs.append(o)
     o = (outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)).transpose(1, 2).to(q.dtype)  # [B, T, H, V]
     if not output_final_state:
         return o, None
-    offset = (state.offset + T) % chunk_size
+    offset = 0 if spec.per_token else (state.offset + T) % chunk_size
     if offset == 0:
         return o, MirasState(mem, mom)
-    return o, MirasState(mem, mom, offset, anchor, read)
+    return o, MirasState(mem, mom, offset, anchor, read, slopes)

@@ -10,7 +10,7 @@ import torch
 
 from miras.memory.architecture import memory_forward
 from miras.memory.bias import upstream
-from miras.memory.retention import retention_map
+from miras.memory.retention import retention_map, retention_slope
 from miras.ops.precision import compute_dtype, without_autocast
 from miras.ops.state import MirasState, Weights, check_inputs, resolve_state
 from miras.spec import MemorySpec
@@ -47,7 +47,12 @@ def recurrent_step(
     delta: torch.Tensor | None,
     chunk_size: int,
 ) -> tuple[torch.Tensor, MirasState]:
-    """One token: q, k [B, H, K], v [B, H, V], gates [B, H]. Returns (o [B, H, V], next state)."""
+    """One token: q, k [B, H, K], v [B, H, V], gates [B, H]. Returns (o [B, H, V], next state).
+
+    With gradients="per_token" every token starts a chunk of its own (chunk_size does not matter) and the state's
+    offset stays 0."""
+    if spec.per_token:
+        chunk_size = 1
     a = torch.ones_like(eta) if alpha is None else alpha
     start = state.offset == 0
     anchor = retention_map(spec, state.memory) if start else state.anchor
@@ -61,18 +66,24 @@ def recurrent_step(
         mom = None
         increment = _scale(-eta, g)
     memory = _add(_scale(a, state.memory), increment)
+    slope = state.slope
     if not spec.nonlinear_retention:
         read = memory
     elif start:  # the lag token: the exact non-linear step; it anchors the rest of the chunk
         read = retention_map(spec, memory)
         anchor = read
-    else:  # inside the chunk the read weights evolve linearly from the lag token's
+        slope = retention_slope(spec, memory) if spec.inchunk_steps == "scaled" else None
+    else:  # inside the chunk the read weights evolve linearly from the lag token's (scaled by φ's slope there)
+        if slope is not None:
+            if spec.retention == "kl":  # the softmax ignores a row's mean (chunk.centered_steps)
+                increment = tuple(w - w.mean(-1, keepdim=True) for w in increment)
+            increment = tuple(s * w for s, w in zip(slope, increment))
         read = _add(_scale(a, state.read), increment)
     o = memory_forward(spec, read, q.unsqueeze(-2)).squeeze(-2)
     offset = (state.offset + 1) % chunk_size
     if offset == 0:
         return o, MirasState(memory, mom)
-    return o, MirasState(memory, mom, offset, anchor, read if spec.nonlinear_retention else None)
+    return o, MirasState(memory, mom, offset, anchor, read if spec.nonlinear_retention else None, slope)
 
 
 @without_autocast

@@ -29,6 +29,8 @@ class MirasState(NamedTuple):
     anchor:   (offset > 0 only) the weights at which the unfinished chunk's gradients are taken (with
               gradient_at="retained": already decayed by the α of the chunk's tokens so far).
     read:     (offset > 0 and non-linear retention only) the weights the last token was read from.
+    slope:    (offset > 0, non-linear retention with inchunk_steps="scaled" only) the factor of the in-chunk steps
+              on the read weights, φ's mean slope at the lag token, one [B, H, 1, 1] per weight matrix.
     Continuing from a state with offset > 0 finishes the chunk exactly as one longer call would have.
     """
 
@@ -37,6 +39,7 @@ class MirasState(NamedTuple):
     offset: int = 0
     anchor: Weights | None = None
     read: Weights | None = None
+    slope: Weights | None = None
 
     def detach(self) -> "MirasState":
         """The same state cut from the autograd graph (truncated backpropagation through time)."""
@@ -44,7 +47,9 @@ class MirasState(NamedTuple):
         def cut(ws: Weights | None) -> Weights | None:
             return None if ws is None else tuple(w.detach() for w in ws)
 
-        return MirasState(cut(self.memory), cut(self.momentum), self.offset, cut(self.anchor), cut(self.read))
+        return MirasState(
+            cut(self.memory), cut(self.momentum), self.offset, cut(self.anchor), cut(self.read), cut(self.slope)
+        )
 
 
 def init_state(
@@ -171,6 +176,8 @@ def resolve_state(
         momentum = tuple(torch.zeros_like(w) for w in memory)
     if spec.algorithm != "momentum" and momentum is not None:
         raise ValueError("initial_state.momentum was given but the spec's algorithm is 'gd'")
+    if spec.per_token:  # the state after any token is the memory itself: no unfinished chunk to carry
+        return MirasState(memory, momentum)
     offset = state.offset
     if not isinstance(offset, int) or not 0 <= offset < chunk_size:
         raise ValueError(f"initial_state.offset={offset!r} must be an integer in [0, chunk_size={chunk_size})")
@@ -180,4 +187,17 @@ def resolve_state(
         raise ValueError("initial_state.offset > 0 needs initial_state.anchor (the unfinished chunk's anchor)")
     if offset > 0 and spec.nonlinear_retention and read is None:
         raise ValueError("initial_state.offset > 0 with a non-linear retention needs initial_state.read")
-    return MirasState(memory, momentum, offset, anchor if offset else None, read if offset else None)
+    scaled = offset > 0 and spec.inchunk_steps == "scaled"
+    slope = state.slope
+    if scaled:
+        slope_shapes = [(batch, heads, 1, 1)] * len(shapes)
+        if slope is None or [tuple(s.shape) for s in slope] != slope_shapes:
+            got = None if slope is None else [tuple(s.shape) for s in slope]
+            raise ValueError(
+                f"initial_state.offset > 0 with inchunk_steps='scaled' needs initial_state.slope of shapes "
+                f"{slope_shapes}, got {got}"
+            )
+        slope = tuple(w.to(dtype) for w in slope)
+    return MirasState(
+        memory, momentum, offset, anchor if offset else None, read if offset else None, slope if scaled else None
+    )

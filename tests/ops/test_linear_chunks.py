@@ -27,13 +27,15 @@ def test_which_specs_take_the_path():
         assert not linear_chunks_apply(spec)
 
 
+@pytest.mark.parametrize("gradients", ["per_chunk", "per_token"])
 @pytest.mark.parametrize("preset", LINEAR)
 @pytest.mark.parametrize("erase", [False, True])
 @pytest.mark.parametrize("grouped", [False, True])
-def test_many_chunks_after_a_partial_one(preset, erase, grouped, monkeypatch):
-    """Starts mid-chunk (a state with offset), then 5 full chunks, then a tail; with erase, some α are exactly 0
-    (log space clamps them to 1e-30) and some exactly 1. grouped: the full chunks go 2 per call (2, 2, 1)."""
-    spec, chunk_size, head = presets.get(preset), 8, 3
+def test_many_chunks_after_a_partial_one(preset, gradients, erase, grouped, monkeypatch):
+    """Starts mid-chunk (a state with offset; per-token gradients carry no chunk, so there it is a call of 3 tokens),
+    then 5 full chunks, then a tail; with erase, some α are exactly 0 (log space clamps them to 1e-30) and some
+    exactly 1. grouped: the full chunks go 2 per call (2, 2, 1)."""
+    spec, chunk_size, head = presets.get(preset, gradients=gradients), 8, 3
     if grouped:  # B·H·m·m elements per chunk at B = H = 2, m = 8
         monkeypatch.setattr(linear_chunks_module, "GROUP_ELEMENTS", 2 * 2 * 2 * chunk_size * chunk_size)
         assert group_size(2, 2, chunk_size, 4) == 2
@@ -48,7 +50,7 @@ def test_many_chunks_after_a_partial_one(preset, erase, grouped, monkeypatch):
         _, mid = fn(q[:, :head].detach(), k[:, :head].detach(), v[:, :head].detach(), gates["eta"][:, :head].detach(),
                     None if gates["alpha"] is None else gates["alpha"][:, :head].detach(), spec=spec,
                     chunk_size=chunk_size, initial_state=state, output_final_state=True)
-        assert mid.offset == head
+        assert mid.offset == (0 if spec.per_token else head)
         return fn(q[:, head:], k[:, head:], v[:, head:], gates["eta"][:, head:],
                   None if gates["alpha"] is None else gates["alpha"][:, head:], spec=spec, chunk_size=chunk_size,
                   initial_state=mid, output_final_state=True)
