@@ -14,17 +14,12 @@ import os
 import time
 from pathlib import Path
 
+from miras.io_atomic import write_text_atomic  # noqa: F401  (re-exported: the writers of run folders import it here)
+
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
 TOKENIZER_DIR = "tokenizer"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never a partial write (temp file in the same folder + os.replace)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def as_umask_allows(folder: Path) -> None:
