@@ -40,6 +40,7 @@ from miras.train.checkpoint import load_checkpoint, resumable_checkpoint, save_c
 from miras.train.config import ConfigError, TrainConfig, changed_fields, resume_config
 from miras.train.divergence import Diverged, is_finite, skip_line, stop_line, unsaved_line, weights_finite
 from miras.train.distributed import Distributed, full_model_state, is_sharded, parallelize
+from miras.train.run_lock import RunInUse, RunLock
 from miras.train.run_dir import (
     PLOT_FILE,
     TOKENIZER_DIR,
@@ -347,13 +348,14 @@ def train(config: TrainConfig) -> TrainResult:
         if config.tf32 and distributed.device.type != "cuda":  # checked before the process-wide flag is set
             raise ConfigError("tf32", f"TF32 matmuls are for CUDA GPUs (Ampere or newer), but the device is "
                                       f"{distributed.device}")
-        with tf32_matmuls(config.tf32):
-            return _train(config, distributed)
+        # locks: the run folder's lock (run_lock.py), taken by rank 0 in _train and released when this returns
+        with contextlib.ExitStack() as locks, tf32_matmuls(config.tf32):
+            return _train(config, distributed, locks)
     finally:
         distributed.close()
 
 
-def _train(config: TrainConfig, distributed: Distributed) -> TrainResult:
+def _train(config: TrainConfig, distributed: Distributed, locks: contextlib.ExitStack) -> TrainResult:
     if config.batch_size % distributed.world_size:
         raise ConfigError("batch_size", f"the global batch of {config.batch_size} sequences does not split evenly "
                                         f"over {distributed.world_size} processes")
@@ -370,12 +372,17 @@ def _train(config: TrainConfig, distributed: Distributed) -> TrainResult:
     # the tokenizer and the resolved config from the folder and the tokens from the cache.
     run_dir = None
     if main:
+        if config.resume:  # one writer per run folder, from before anything in it is read
+            try:
+                locks.enter_context(RunLock.acquire(config.resume, log))
+            except RunInUse as e:
+                raise ConfigError("resume", str(e)) from None
         config, tokenizer, model_config, train_tokens, val_sets = _prepare(config, None, config.progress)
         if config.resume:
             run_dir = Path(config.resume)
         else:
             try:
-                run_dir = new_run_dir(config.out_dir, config.preset)
+                run_dir = new_run_dir(config.out_dir, config.preset, locks, log)
             except ValueError as e:
                 raise ConfigError("out_dir", str(e)) from None
             config = config.replace(out_dir=str(run_dir.absolute()))

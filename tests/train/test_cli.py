@@ -179,6 +179,24 @@ def test_an_existing_run_is_not_overwritten(tmp_path, tiny_run, capsys):
     assert f"error: --out-dir: {tiny_run} already holds a run; continue it with --resume" in capsys.readouterr().err
 
 
+def test_a_run_folder_in_use_is_refused(tmp_path, tiny_run, capsys):
+    """Two writers on one run folder: a --resume, or a new run's --out-dir, while another process holds its lock."""
+    from tests.train.test_run_lock import lock_held_elsewhere
+
+    data = tmp_path / "data.txt"
+    data.write_text(grammar_text(), encoding="utf-8")
+    args = ["train", "--data", str(data), "--max-steps", "1", "--cache-dir", str(tmp_path / "cache"), *TINY_FLAGS]
+    for folder, command, flag in ((tiny_run, ["train", "--resume", str(tiny_run)], "--resume"),
+                                  (tmp_path / "new", [*args, "--out-dir", str(tmp_path / "new")], "--out-dir")):
+        folder.mkdir(exist_ok=True)
+        with lock_held_elsewhere(folder) as holder:
+            assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"miras train: error: {flag}: {folder} is in use by another miras train (pid "
+                              f"{holder.pid} on host ") and err.count("\n") == 1, err
+    assert not (tmp_path / "new" / "config.json").exists()
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
