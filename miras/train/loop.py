@@ -348,14 +348,18 @@ def train(config: TrainConfig) -> TrainResult:
         if config.tf32 and distributed.device.type != "cuda":  # checked before the process-wide flag is set
             raise ConfigError("tf32", f"TF32 matmuls are for CUDA GPUs (Ampere or newer), but the device is "
                                       f"{distributed.device}")
-        # locks: the run folder's lock (run_lock.py), taken by rank 0 in _train and released when this returns
-        with contextlib.ExitStack() as locks, tf32_matmuls(config.tf32):
-            return _train(config, distributed, locks)
+        with tf32_matmuls(config.tf32):
+            return _train(config, distributed)
     finally:
         distributed.close()
 
 
-def _train(config: TrainConfig, distributed: Distributed, locks: contextlib.ExitStack) -> TrainResult:
+def _train(config: TrainConfig, distributed: Distributed) -> TrainResult:
+    with contextlib.ExitStack() as locks:  # the run folder's lock (run_lock.py): rank 0 takes it in _run
+        return _run(config, distributed, locks)
+
+
+def _run(config: TrainConfig, distributed: Distributed, locks: contextlib.ExitStack) -> TrainResult:
     if config.batch_size % distributed.world_size:
         raise ConfigError("batch_size", f"the global batch of {config.batch_size} sequences does not split evenly "
                                         f"over {distributed.world_size} processes")
