@@ -6,12 +6,13 @@ The lock is `fcntl.flock` on the file, and the file records the owner (pid, host
 kernel releases a flock when its process dies, SIGKILL included, so a crashed run never blocks the next one. Its file
 still holds the dead owner's pid, and the next run takes it over with a notice. A clean exit deletes the file. flock
 works across processes of one machine, and across machines on NFS (Linux emulates it there with NFS locks). On a
-file system without locks, two writers on different machines would not see each other.
+file system that cannot lock files at all, the run says so in one line and trains unguarded.
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import json
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 LOCK_FILE = "train.lock"
+NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # flock's errors on a file system without locks
 
 
 class RunInUse(ValueError):
@@ -46,6 +48,14 @@ class RunLock:
                 os.close(fd)
                 raise RunInUse(f"{Path(run_dir)} is in use by another miras train ({owner}); wait for it to finish, "
                                f"or stop it, before training in this folder") from None
+            except OSError as e:
+                if e.errno not in NO_LOCKS:
+                    os.close(fd)
+                    raise
+                # A file system without locks (some FUSE mounts): train anyway, but say that nothing guards the folder.
+                notice(f"{path}: this file system cannot lock files ({e.strerror}), so nothing stops a second "
+                       "miras train from writing to this folder at the same time")
+                break
             # The owner before us deletes the file and only then unlocks it. If we opened the file before it was
             # deleted, our lock is on a file no other process will find, so try again.
             try:

@@ -70,3 +70,18 @@ def test_sigkill_releases_the_lock(tmp_path):
         holder.wait()
         with RunLock.acquire(tmp_path, lambda line: None) as lock:
             assert lock.path.is_file()
+
+
+def test_a_file_system_without_locks_is_named_not_fatal(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    notices = []
+    with RunLock.acquire(tmp_path, notices.append):
+        assert notices == [f"{tmp_path / LOCK_FILE}: this file system cannot lock files (No locks available), so "
+                           "nothing stops a second miras train from writing to this folder at the same time"]
+    assert not (tmp_path / LOCK_FILE).exists()
