@@ -27,7 +27,8 @@ from tests.train.test_train import data, tiny_config  # noqa: E402, F401  (data:
 
 
 def _all_finite(checkpoint: Path) -> bool:
-    tensors = {**load_file(str(checkpoint / "model.safetensors")), **load_file(str(checkpoint / "train_state.safetensors"))}
+    tensors = {name: t for file in ("model.safetensors", "train_state.safetensors")
+               for name, t in load_file(str(checkpoint / file)).items()}
     return all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
 
 
@@ -42,7 +43,8 @@ def test_a_diverging_run_skips_then_stops_with_one_line(tmp_path, data, capsys):
     out, err = capsys.readouterr()
     skips = [line for line in out.splitlines() if "skipped its update" in line]
     assert len(skips) == 1, out
-    skipped_at = int(re.match(r"step (\d+): loss nan, gradient norm nan: skipped its update \(1 of at most 1 ", skips[0])[1])
+    skipped_at = int(re.match(r"step (\d+): loss nan, gradient norm nan: skipped its update \(1 of at most 1 ",
+                              skips[0])[1])
     assert "likely cause: a learning rate too high for this model (--lr 10000, --warmup-steps 2)" in skips[0]
     assert err.count("\n") == 1 and "Traceback" not in err, err  # one line
     last_good = run / f"checkpoint-{skipped_at:07d}"  # saved after the skipped step: finite weights, step counted
@@ -119,7 +121,8 @@ def test_a_step_brings_values_to_the_host_once(monkeypatch):
     loss, grad_norm = train_step(model, optimizer, scheduler, micro, grad_clip=1.0)
     assert loss != loss  # NaN
     for (weight, moment), p in zip(before, model.parameters()):
-        assert torch.equal(weight.nan_to_num(), p.detach().nan_to_num()) and torch.equal(moment, optimizer.state[p]["exp_avg"])
+        assert torch.equal(weight.nan_to_num(), p.detach().nan_to_num())
+        assert torch.equal(moment, optimizer.state[p]["exp_avg"])
     assert scheduler.last_epoch == 2  # the step still counts
 
 
