@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 
 from miras.train.config import RESUMABLE, TrainConfig
@@ -44,6 +45,8 @@ GROUPS: dict[str, dict[str, str]] = {
         "weight_decay": "AdamW weight decay on weight matrices (none on norms, gates, biases, initial memory)",
         "betas": "AdamW betas",
         "grad_clip": "clip the gradient norm to this (-1: no clipping)",
+        "max_skipped_steps": "steps with a non-finite loss or gradient norm to skip (no update) before the run "
+        "stops with exit status 3; the count is per run, across resumes",
     },
     "evaluation and checkpoints": {
         "log_every": "steps between training-loss records",
@@ -90,12 +93,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from miras.train import resume_config, train  # torch and the model load only when a run starts
+    from miras.train.divergence import EXIT_CODE, Diverged
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items() if k in names}
     config = resume_config(given["resume"], **given) if given.get("resume") else TrainConfig(**given)
     start = time.perf_counter()
-    result = train(config)
+    try:
+        result = train(config)
+    except Diverged as e:  # one line (step, loss, cause, remedy, last good checkpoint), not a traceback
+        if e.is_main:
+            print(f"miras train: error: {e}", file=sys.stderr)
+        return EXIT_CODE
     if not result.is_main:  # under torchrun, rank 0 reports
         return 0
     minutes, seconds = divmod(time.perf_counter() - start, 60)

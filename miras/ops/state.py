@@ -81,7 +81,8 @@ def _check_gate(name: str, gate: torch.Tensor | None, shape: tuple[int, ...], ne
 
 
 def _check_range(name: str, gate: torch.Tensor | None, low: float, high: float | None, low_open: bool) -> None:
-    # Value checks read the data; skip them while torch.compile traces so that the op compiles without graph breaks.
+    # Reads the data (bool() below: a device-to-host synchronization on a GPU), so check_inputs calls it only under
+    # the debug switch (debug.py); skipped while torch.compile traces so that the op compiles without graph breaks.
     if gate is None or torch.compiler.is_compiling():
         return
     g = gate.detach()
@@ -105,7 +106,10 @@ def check_inputs(
     delta: torch.Tensor | None,
     chunk_size: int,
 ) -> None:
-    """Shape, dtype and range checks with errors that name the argument."""
+    """Shape and dtype checks with errors that name the argument; they read no data. The gates' ranges and
+    finiteness are checked only under `miras.ops.debug_checks()` or MIRAS_DEBUG_CHECKS=1 (debug.py says why)."""
+    from miras.ops.debug import value_checks_enabled
+
     if not isinstance(spec, MemorySpec):
         raise ValueError(f"spec must be a miras.MemorySpec, got {type(spec).__name__}")
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -128,6 +132,8 @@ def check_inputs(
     _check_gate("alpha", alpha, shape, "retention is not 'none'", spec.retention != "none")
     _check_gate("momentum", momentum, shape, "algorithm='momentum'", spec.algorithm == "momentum")
     _check_gate("delta", delta, shape, "bias='huber'", spec.bias == "huber")
+    if torch.compiler.is_compiling() or not value_checks_enabled():
+        return
     _check_range("eta", eta, 0.0, None, low_open=True)
     _check_range("alpha", alpha, 0.0, 1.0, low_open=False)
     _check_range("momentum", momentum, 0.0, 1.0, low_open=False)

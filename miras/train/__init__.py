@@ -5,11 +5,13 @@
 
 from miras.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from miras.train.config import ConfigError, TrainConfig, resume_config
+from miras.train.divergence import Diverged
 from miras.train.loop import TrainResult, evaluate, train, train_step
 
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "Diverged",
     "TrainConfig",
     "TrainResult",
     "evaluate",

@@ -10,7 +10,9 @@ A run folder holds at most one complete checkpoint, named by its step, and a `la
 
 Writes are atomic at every level: files go to `checkpoint-tmp/`, which is renamed to its final name, and only then is
 `latest` replaced (write to a temp file, os.replace). A run killed at any moment leaves `latest` naming a complete
-checkpoint (or no `latest` at all, before the first save).
+checkpoint (or no `latest` at all, before the first save). They are durable too: the files and their folder are
+fsynced before the rename that publishes them, and the run folder after it (miras/io_atomic.py), so that a power
+loss or kernel crash cannot leave `latest` naming empty files. The cost is in miras/train/README.md.
 
 A distributed run saves the same files, with full (unsharded) tensors gathered to rank 0, so any number of processes
 can resume it; see distributed.py.
@@ -31,6 +33,7 @@ from torch import nn
 
 from miras.config import ModelConfig
 from miras.data import Tokenizer
+from miras.io_atomic import publish_folder, write_text_atomic
 from miras.models import MirasLM
 from miras.train.distributed import (
     full_model_state,
@@ -39,7 +42,7 @@ from miras.train.distributed import (
     load_full_state,
     tied_aliases,
 )
-from miras.train.run_dir import TOKENIZER_DIR, as_umask_allows, read_config, write_text_atomic
+from miras.train.run_dir import TOKENIZER_DIR, as_umask_allows, read_config
 
 LATEST = "latest"
 TMP_DIR = "checkpoint-tmp"
@@ -98,7 +101,7 @@ def _write_checkpoint(run_dir: Path, final: Path, model: nn.Module, model_state:
 
     name = final.name
     shutil.rmtree(final, ignore_errors=True)  # a save of this step that died before `latest` named it
-    os.replace(tmp, final)
+    publish_folder(tmp, final)  # durable before `latest` can name it
     write_text_atomic(run_dir / LATEST, name + "\n")
     for old in run_dir.glob("checkpoint-*"):
         if old.is_dir() and old.name not in (name, TMP_DIR):

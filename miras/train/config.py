@@ -27,7 +27,10 @@ MODEL_OVERRIDES = ("hidden_size", "num_hidden_layers", "num_heads", "head_dim", 
 PATH_FIELDS = ("data", "val_data", "cache_dir")  # data specs and folders, stored as absolute paths
 DEFAULT_MINUTES = 8.0  # the time budget of a run given neither max_steps nor max_minutes
 # Fields a resumed run may change: they stop, place or report the run but do not change what it computes.
-RESUMABLE = ("max_steps", "max_minutes", "device", "threads", "compile", "tf32", "tensorboard", "progress", "parallel")
+# max_skipped_steps only decides when non-finite steps stop the run: a run stopped by a one-off overflow can be
+# resumed with a larger value to get past it (divergence.py).
+RESUMABLE = ("max_steps", "max_minutes", "device", "threads", "compile", "tf32", "tensorboard", "progress", "parallel",
+             "max_skipped_steps")
 
 
 class ConfigError(ValueError):
@@ -78,6 +81,9 @@ class TrainConfig:
     weight_decay: float = 0.1  # matrices only: none on norms, gates, biases and the learned initial memory
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0  # -1: no clipping
+    # Steps with a non-finite loss or gradient norm skip their update; one more than this many in a run stops it
+    # (divergence.py). 3: a one-off overflow passes, a diverged run stops within a few steps.
+    max_skipped_steps: int = 3
 
     # Logging, evaluation and checkpoints (-1 disables eval_every / save_every; a final eval and save always run).
     log_every: int = 10
@@ -118,6 +124,7 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "log_every", "eval_batches"):
             _integer(name, getattr(self, name), low=1)
         _integer("warmup_steps", self.warmup_steps, low=0)
+        _integer("max_skipped_steps", self.max_skipped_steps, low=0)
         _integer("sample_tokens", self.sample_tokens, low=0)
         _integer("seed", self.seed, low=0)
         _integer("vocab_size", self.vocab_size, low=257)

@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -37,7 +38,9 @@ from miras.models import MirasLM
 from miras.ops.precision import tf32_matmuls
 from miras.train.checkpoint import load_checkpoint, resumable_checkpoint, save_checkpoint
 from miras.train.config import ConfigError, TrainConfig, changed_fields, resume_config
+from miras.train.divergence import Diverged, is_finite, skip_line, stop_line, unsaved_line, weights_finite
 from miras.train.distributed import Distributed, full_model_state, is_sharded, parallelize
+from miras.train.run_lock import RunInUse, RunLock
 from miras.train.run_dir import (
     PLOT_FILE,
     TOKENIZER_DIR,
@@ -126,13 +129,19 @@ def train_step(
     micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
     grad_clip: float,
     autocast: contextlib.AbstractContextManager | None = None,
+    reduce: Callable[[float], float] | None = None,
 ) -> tuple[float, float]:
     """One optimizer step over gradient-accumulation micro-batches of (input_ids, labels) [B, T], labels already
-    shifted (labels[:, t] follows input_ids[:, t]). Returns (mean loss, gradient norm before clipping).
+    shifted (labels[:, t] follows input_ids[:, t]). Returns (mean loss, gradient norm before clipping), brought to
+    the host together: the step's one device-to-host synchronization.
 
-    `model` may be DDP- or FSDP-wrapped; the loss returned is then this rank's, the gradient norm the global one."""
+    When either is not finite the update is skipped (weights and AdamW moments unchanged) and the scheduler still
+    advances; the caller decides whether the run goes on (divergence.py).
+    `model` may be DDP- or FSDP-wrapped; the gradient norm is then the global one, and `reduce` (the trainer passes
+    Distributed.mean) turns this rank's loss into the global batch's before the skip is decided, so that every rank
+    decides alike."""
     optimizer.zero_grad(set_to_none=True)
-    total = 0.0
+    total = None  # the summed losses, float64 on the device: no synchronization per micro-batch
     no_sync = getattr(model, "no_sync", None)  # DDP: all-reduce the gradients in the last backward only
     for i, (input_ids, labels) in enumerate(micro_batches):
         with no_sync() if no_sync and i < len(micro_batches) - 1 else contextlib.nullcontext():
@@ -140,15 +149,18 @@ def train_step(
                 logits = model(input_ids).logits  # [B, T, V]
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
             (loss / len(micro_batches)).backward()
-        total += loss.item()
+        total = loss.detach().double() if total is None else total + loss.detach().double()
     clip = grad_clip if grad_clip > 0 else math.inf  # inf: only measure the norm
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor (replicated: every rank holds the global norm)
         grad_norm = grad_norm.full_tensor()
-    grad_norm = float(grad_norm)
-    optimizer.step()
+    loss, grad_norm = torch.stack([total / len(micro_batches), grad_norm.double()]).tolist()
+    if reduce is not None:
+        loss = reduce(loss)
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        optimizer.step()
     scheduler.step()
-    return total / len(micro_batches), grad_norm
+    return loss, grad_norm
 
 
 def eval_windows(num_tokens: int, seq_len: int, max_tokens: int) -> np.ndarray:
@@ -343,6 +355,11 @@ def train(config: TrainConfig) -> TrainResult:
 
 
 def _train(config: TrainConfig, distributed: Distributed) -> TrainResult:
+    with contextlib.ExitStack() as locks:  # the run folder's lock (run_lock.py): rank 0 takes it in _run
+        return _run(config, distributed, locks)
+
+
+def _run(config: TrainConfig, distributed: Distributed, locks: contextlib.ExitStack) -> TrainResult:
     if config.batch_size % distributed.world_size:
         raise ConfigError("batch_size", f"the global batch of {config.batch_size} sequences does not split evenly "
                                         f"over {distributed.world_size} processes")
@@ -359,12 +376,17 @@ def _train(config: TrainConfig, distributed: Distributed) -> TrainResult:
     # the tokenizer and the resolved config from the folder and the tokens from the cache.
     run_dir = None
     if main:
+        if config.resume:  # one writer per run folder, from before anything in it is read
+            try:
+                locks.enter_context(RunLock.acquire(config.resume, log))
+            except RunInUse as e:
+                raise ConfigError("resume", str(e)) from None
         config, tokenizer, model_config, train_tokens, val_sets = _prepare(config, None, config.progress)
         if config.resume:
             run_dir = Path(config.resume)
         else:
             try:
-                run_dir = new_run_dir(config.out_dir, config.preset)
+                run_dir = new_run_dir(config.out_dir, config.preset, locks, log)
             except ValueError as e:
                 raise ConfigError("out_dir", str(e)) from None
             config = config.replace(out_dir=str(run_dir.absolute()))
@@ -440,7 +462,19 @@ def _train(config: TrainConfig, distributed: Distributed) -> TrainResult:
     window_loss, window_steps, window_time = counters.get("window", (0.0, 0, 0.0))
     session_tokens, session_time = 0, 0.0
     last_saved = step if config.resume else -1
-    loss = float("nan")
+    # Non-finite steps (divergence.py): how many this run skipped, and the checkpoint a stop leaves as the last good.
+    skipped = counters.get("skipped", 0)
+    last_good = resumable_checkpoint(run_dir) if config.resume else None
+    loss, logged_grad_norm = float("nan"), float("nan")
+
+    def save(seconds: float) -> None:
+        """Checkpoint the weights after `step`: only finite ones (divergence.py)."""
+        nonlocal last_saved, last_good
+        if not weights_finite(model, distributed):
+            raise Diverged(unsaved_line(step, loss, config, last_good), main)
+        path = save_checkpoint(run_dir, model, optimizer, scheduler, _counters(
+            step, config, seconds, (window_loss, window_steps, window_time), skipped))
+        last_saved, last_good = step, path
 
     def periodic_eval() -> float:
         """Evaluates, logs and plots; returns the seconds the evaluation itself took."""
@@ -475,14 +509,21 @@ def _train(config: TrainConfig, distributed: Distributed) -> TrainResult:
             micro = [batches.batch(step * config.grad_accum + i) for i in range(config.grad_accum)]
             micro = [(x[rows].to(device), y[rows].to(device)) for x, y in micro]
             t = time.perf_counter()
-            loss, grad_norm = train_step(forward_model, optimizer, scheduler, micro, config.grad_clip, autocast)
-            loss = distributed.mean(loss)  # the global batch's loss: every rank's share has as many tokens
+            # distributed.mean: the global batch's loss (every rank's share has as many tokens), so that every rank
+            # skips or stops alike
+            loss, grad_norm = train_step(forward_model, optimizer, scheduler, micro, config.grad_clip, autocast,
+                                         distributed.mean)
             dt = time.perf_counter() - t
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"training loss is {loss} at step {step}; try a lower --lr")
             step += 1
             session_tokens, session_time = session_tokens + config.tokens_per_step, session_time + dt
-            window_loss, window_steps, window_time = window_loss + loss, window_steps + 1, window_time + dt
+            if is_finite(loss, grad_norm):
+                window_loss, window_steps, window_time = window_loss + loss, window_steps + 1, window_time + dt
+                logged_grad_norm = grad_norm
+            elif skipped < config.max_skipped_steps:  # the update was skipped; the run goes on
+                skipped += 1
+                log(skip_line(step, loss, grad_norm, skipped, config, last_good))
+            else:
+                raise Diverged(stop_line(step, loss, grad_norm, config, last_good), main)
             bar.update()
             if main:
                 changes, message = pacer.after_step(step, dt)
@@ -494,12 +535,12 @@ def _train(config: TrainConfig, distributed: Distributed) -> TrainResult:
                 if message:
                     log(message)
 
-            if step % config.log_every == 0 or step == schedule.total:
+            if window_steps and (step % config.log_every == 0 or step == schedule.total):
                 tok_s = window_steps * config.tokens_per_step / window_time
                 mean_loss = window_loss / window_steps
                 if main:
                     metrics.append("train", step=step, tokens=step * config.tokens_per_step, loss=mean_loss, lr=lr,
-                                   grad_norm=grad_norm, tok_s=tok_s, elapsed_s=pacer.elapsed())
+                                   grad_norm=logged_grad_norm, tok_s=tok_s, elapsed_s=pacer.elapsed())
                     train_points.append((step, mean_loss))
                     bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
                     if writer:
@@ -510,16 +551,13 @@ def _train(config: TrainConfig, distributed: Distributed) -> TrainResult:
             if config.eval_every != -1 and step % config.eval_every == 0:
                 periodic_eval()
             if config.save_every != -1 and step % config.save_every == 0:
-                save_checkpoint(run_dir, model, optimizer, scheduler,
-                                _counters(step, config, pacer.elapsed(), (window_loss, window_steps, window_time)))
-                last_saved = step
+                save(pacer.elapsed())
     finally:
         stop.restore()
-    bar.close()
+        bar.close()
     train_seconds = pacer.elapsed()
     if step != last_saved:
-        save_checkpoint(run_dir, model, optimizer, scheduler,
-                        _counters(step, config, train_seconds, (window_loss, window_steps, window_time)))
+        save(train_seconds)
     if interrupted:
         log(f"interrupted at step {step}: checkpoint saved; continue with: miras train --resume {run_dir}")
         distributed.barrier()
@@ -600,10 +638,12 @@ def _seconds_per_step(timed: list[tuple[int, float]]) -> dict[int, float]:
     return {threads: sum(s) / len(s) for threads, s in by_threads.items()}
 
 
-def _counters(step: int, config: TrainConfig, elapsed: float, window: tuple[float, int, float]) -> dict:
-    """What a checkpoint records of the run's progress; `window` (loss sum, steps, seconds since the last training
-    record) lets a resumed run log the same averages as an uninterrupted one."""
-    return {"step": step, "tokens": step * config.tokens_per_step, "elapsed_s": elapsed, "window": list(window)}
+def _counters(step: int, config: TrainConfig, elapsed: float, window: tuple[float, int, float], skipped: int) -> dict:
+    """What a checkpoint records of the run's progress; `window` (loss sum, trained steps, seconds since the last
+    training record) lets a resumed run log the same averages as an uninterrupted one; `skipped`: the non-finite steps
+    skipped so far (divergence.py)."""
+    return {"step": step, "tokens": step * config.tokens_per_step, "elapsed_s": elapsed, "window": list(window),
+            "skipped": skipped}
 
 
 def _tokenizer(config: TrainConfig) -> Tokenizer:

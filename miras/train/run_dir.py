@@ -4,27 +4,26 @@
     metrics.jsonl    one JSON object per event: {"event": "train" | "eval" | "final", "step": ..., ...}
     loss.png         train and validation loss against step
     tokenizer/       the tokenizer (see miras.data.tokenizer)
+    train.lock       while `miras train` writes the folder: its owner (see run_lock.py)
     latest, checkpoint-NNNNNNN/   see checkpoint.py
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from pathlib import Path
+from typing import Callable
+
+from miras.io_atomic import write_text_atomic  # noqa: F401  (re-exported: the writers of run folders import it here)
+from miras.train.run_lock import RunLock
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
 TOKENIZER_DIR = "tokenizer"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never a partial write (temp file in the same folder + os.replace)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def as_umask_allows(folder: Path) -> None:
@@ -37,12 +36,16 @@ def as_umask_allows(folder: Path) -> None:
             os.chmod(path, 0o666 & ~mask)
 
 
-def new_run_dir(out_dir: str, preset: str) -> Path:
-    """Create the folder of a fresh run: `out_dir`, or runs/<timestamp>-<preset> when it is empty. A folder that
-    already holds a run is refused (continue it with --resume instead)."""
+def new_run_dir(out_dir: str, preset: str, locks: contextlib.ExitStack, notice: Callable[[str], None]) -> Path:
+    """Create the folder of a fresh run, `out_dir` or runs/<timestamp>-<preset> when it is empty, and take its lock
+    (run_lock.py) into `locks`. A folder in use by another run, or that already holds a run, is refused (continue
+    the latter with --resume instead)."""
     if out_dir:
         path = Path(out_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        lock = RunLock.acquire(path, notice)  # first: a folder in use is named as such, with its owner
         if (path / CONFIG_FILE).exists():
+            lock.release()
             raise ValueError(f"{path} already holds a run; continue it with --resume {path} or pick another")
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -51,7 +54,9 @@ def new_run_dir(out_dir: str, preset: str) -> Path:
         while path.exists():  # two runs started in the same second
             suffix += 1
             path = Path("runs") / f"{stamp}-{preset}-{suffix}"
-    path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
+        lock = RunLock.acquire(path, notice)
+    locks.enter_context(lock)
     return path
 
 

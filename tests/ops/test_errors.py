@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from miras import presets
-from miras.ops import MirasState, chunk_miras, init_state, naive_recurrent_miras
+from miras.ops import MirasState, chunk_miras, debug_checks, init_state, naive_recurrent_miras
 from miras.spec import MemorySpec
 from tests.ops.inputs import make_inputs
 
@@ -86,9 +86,6 @@ def test_bad_tensors(fn):
         (dict(gates={**bad, "alpha": None}), r"alpha is required when retention is not 'none'"),
         (dict(gates={**bad, "delta": None}), r"delta is required when bias='huber'"),
         (dict(gates={**bad, "momentum": gates["eta"]}), r"momentum was given but the spec does not use it"),
-        (dict(gates={**bad, "eta": -gates["eta"]}), r"eta must lie in \(0.0, inf\)"),
-        (dict(gates={**bad, "alpha": gates["alpha"] + 1}), r"alpha must lie in \[0.0, 1.0\]"),
-        (dict(gates={**bad, "delta": gates["delta"] * float("nan")}), r"delta must lie in"),
         (dict(state=None), r"memory='mlp' needs initial_state"),
         (dict(state=state.memory[:1]), r"initial_state.memory must have shapes"),
         (dict(state="weights"), r"initial_state must be None, a tensor, a tuple of tensors or a miras.ops.MirasState"),
@@ -100,6 +97,33 @@ def test_bad_tensors(fn):
         args = dict(q=q, k=k, v=v, gates=gates, state=state, chunk_size=8) | change
         with pytest.raises(ValueError, match=message):
             _call(fn, spec, **args)
+
+
+@pytest.mark.parametrize("fn", [chunk_miras, naive_recurrent_miras])
+def test_bad_gate_values_under_debug_checks(fn, monkeypatch):
+    """Gate values are read only under the debug switch (miras/ops/debug.py): by default a bad gate gives bad outputs
+    and no error, since each check would be a device-to-host synchronization."""
+    spec = presets.yaad()
+    q, k, v, gates, state, _ = make_inputs(spec, T=5)
+    cases = [
+        ({**gates, "eta": -gates["eta"]}, r"eta must lie in \(0.0, inf\) \(activate it before the op\); found -"),
+        ({**gates, "alpha": gates["alpha"] + 1}, r"alpha must lie in \[0.0, 1.0\]"),
+        ({**gates, "delta": gates["delta"] * float("nan")}, r"delta must lie in \(0.0, inf\).*found nan"),
+    ]
+    for bad, message in cases:
+        o, _ = _call(fn, spec, q, k, v, bad, state)  # off: no error, and no data read
+        assert o.shape == v.shape
+        with debug_checks(), pytest.raises(ValueError, match=message):
+            _call(fn, spec, q, k, v, bad, state)
+        monkeypatch.setenv("MIRAS_DEBUG_CHECKS", "1")
+        with pytest.raises(ValueError, match=message):
+            _call(fn, spec, q, k, v, bad, state)
+        monkeypatch.setenv("MIRAS_DEBUG_CHECKS", "0")
+        _call(fn, spec, q, k, v, bad, state)
+        monkeypatch.delenv("MIRAS_DEBUG_CHECKS")
+    monkeypatch.setenv("MIRAS_DEBUG_CHECKS", "yes")
+    with pytest.raises(ValueError, match=r"MIRAS_DEBUG_CHECKS='yes' is not allowed; use 1 .* or 0 / unset"):
+        _call(fn, spec, q, k, v, gates, state)
 
 
 def test_residual_needs_equal_dims():

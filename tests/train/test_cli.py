@@ -7,6 +7,7 @@ import dataclasses  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -75,31 +76,46 @@ def test_generate_produces_text(tiny_run, capsys):
     assert capsys.readouterr().out == out
 
 
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--preset", "monetta"], "--preset: 'monetta' is not one of moneta"),
-        (["--size", "huge"], "--size: 'huge' is not one of tiny"),
-        (["--lr", "-0.001"], "--lr: must be > 0, got -0.001"),
-        (["--data", "/no/such/file.txt"], "--data: /no/such/file.txt: no such file or folder"),
-        (["--tokenizer", "sentencepiece"], "--tokenizer: 'sentencepiece' is not one of bpe, gpt2"),
-    ],
-)
-def test_bad_flags_name_the_problem(flags, message, capsys):
-    assert main(["train", *flags]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("miras train: error: ") and message in err, err
+# Bad flags and bad --data, each with the one line it must give; "{tmp}" is the test's folder, which holds the files
+# made by _bad_data_files.
+BAD_INPUT = [
+    (["--preset", "monetta"], "--preset: 'monetta' is not one of moneta"),
+    (["--size", "huge"], "--size: 'huge' is not one of tiny"),
+    (["--lr", "-0.001"], "--lr: must be > 0, got -0.001"),
+    (["--max-skipped-steps", "-1"], "--max-skipped-steps: must be >= 0, got -1"),
+    (["--tokenizer", "sentencepiece"], "--tokenizer: 'sentencepiece' is not one of bpe, gpt2"),
+    (["--max-steps", "-1", "--max-minutes", "-1"], "--max-steps: set max_steps or max_minutes"),
+    (["--data", "/no/such/file.txt"], "--data: /no/such/file.txt: no such file or folder"),
+    (["--data", "{tmp}/empty.txt"], "{tmp}/empty.txt: file is empty"),
+    (["--data", "{tmp}/binary.txt"], "{tmp}/binary.txt: binary file (NUL byte at byte offset 3); expected UTF-8 text"),
+    (["--data", "{tmp}/latin1.txt"], "{tmp}/latin1.txt: not valid UTF-8 at byte offset 21"),
+    (["--data", "{tmp}/no_text"], "--data: {tmp}/no_text: folder has no .txt or .jsonl files"),
+    (["--data", "{tmp}/no_text/*.txt"], "--data: {tmp}/no_text/*.txt: glob matches no files"),
+    (["--val-data", "{tmp}/missing.txt"], "--val-data: {tmp}/missing.txt: no such file or folder"),
+]
 
 
-def test_non_utf8_data_names_the_file_and_offset(tmp_path, capsys):
-    data = tmp_path / "latin1.txt"
-    data.write_bytes("Plain start, then caf\u00e9".encode("latin-1"))
+def _bad_data_files(folder) -> None:
+    (folder / "empty.txt").write_bytes(b"")
+    (folder / "binary.txt").write_bytes(b"abc\x00\x01\x02 and more")
+    (folder / "latin1.txt").write_bytes("Plain start, then caf\u00e9".encode("latin-1"))
+    (folder / "no_text").mkdir()
+    (folder / "no_text" / "notes.md").write_text("not a training file")
+
+
+@pytest.mark.parametrize("flags, message", BAD_INPUT, ids=[" ".join(flags) for flags, _ in BAD_INPUT])
+def test_bad_input_gives_one_line_and_exit_2(tmp_path, flags, message, capsys):
+    """One line naming the flag or the file, exit 2, no traceback, and no half-made run folder."""
+    _bad_data_files(tmp_path)
+    data = tmp_path / "data.txt"
+    data.write_text(grammar_text(), encoding="utf-8")
     args = ["train", "--data", str(data), "--max-steps", "4", "--out-dir", str(tmp_path / "run"), "--cache-dir",
-            str(tmp_path / "c"), *TINY_FLAGS]
+            str(tmp_path / "cache"), *TINY_FLAGS, *(flag.replace("{tmp}", str(tmp_path)) for flag in flags)]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert f"{data}: not valid UTF-8 at byte offset 21" in err
-    assert not (tmp_path / "run").exists()  # bad data leaves no half-made run folder
+    assert err.startswith("miras train: error: ") and message.replace("{tmp}", str(tmp_path)) in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()
 
 
 def test_resume_without_checkpoint(tmp_path, tiny_run, capsys):
@@ -136,6 +152,8 @@ def _damaged(tiny_run, tmp_path, damage) -> str:
 
 @pytest.mark.parametrize("command, damage, message", [
     ("generate", lambda run, ckpt: os.truncate(ckpt / "model.safetensors", 100), "not a readable safetensors file"),
+    ("resume", lambda run, ckpt: os.truncate(ckpt / "model.safetensors", 100),
+     "model.safetensors: not a readable safetensors file"),
     ("generate", lambda run, ckpt: shutil.rmtree(run / "tokenizer"), "no tokenizer/ folder"),
     ("generate", lambda run, ckpt: (run / "config.json").write_text("{bad"), "config.json: not valid JSON"),
     ("generate", lambda run, ckpt: (run / "config.json").write_text('{"model": {"bogus": 1}}'),
@@ -146,11 +164,14 @@ def _damaged(tiny_run, tmp_path, damage) -> str:
     ("resume", lambda run, ckpt: os.truncate(ckpt / "train_state.safetensors", 100), "unreadable training state"),
 ])
 def test_damaged_run_folders_are_named(tiny_run, tmp_path, capsys, command, damage, message):
-    """A damaged or foreign folder gives one line naming the file, exit 2, no traceback."""
+    """A damaged or foreign folder gives one line naming the file, exit 2, no traceback; the folder is kept."""
     run = _damaged(tiny_run, tmp_path, damage)
+    before = sorted(p.relative_to(run) for p in Path(run).rglob("*") if p.name != "train.lock")
     args = ["generate", "--checkpoint", run, "--max-new-tokens", "2"] if command == "generate" else ["train", "--resume", run]
     assert main(args) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert sorted(p.relative_to(run) for p in Path(run).rglob("*") if p.name != "train.lock") == before
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
@@ -177,6 +198,24 @@ def test_an_existing_run_is_not_overwritten(tmp_path, tiny_run, capsys):
     args = ["train", "--data", str(data), "--max-steps", "1", "--cache-dir", str(tmp_path / "cache"), *TINY_FLAGS]
     assert main([*args, "--out-dir", str(tiny_run)]) == 2
     assert f"error: --out-dir: {tiny_run} already holds a run; continue it with --resume" in capsys.readouterr().err
+
+
+def test_a_run_folder_in_use_is_refused(tmp_path, tiny_run, capsys):
+    """Two writers on one run folder: a --resume, or a new run's --out-dir, while another process holds its lock."""
+    from tests.train.test_run_lock import lock_held_elsewhere
+
+    data = tmp_path / "data.txt"
+    data.write_text(grammar_text(), encoding="utf-8")
+    args = ["train", "--data", str(data), "--max-steps", "1", "--cache-dir", str(tmp_path / "cache"), *TINY_FLAGS]
+    for folder, command, flag in ((tiny_run, ["train", "--resume", str(tiny_run)], "--resume"),
+                                  (tmp_path / "new", [*args, "--out-dir", str(tmp_path / "new")], "--out-dir")):
+        folder.mkdir(exist_ok=True)
+        with lock_held_elsewhere(folder) as holder:
+            assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"miras train: error: {flag}: {folder} is in use by another miras train (pid "
+                              f"{holder.pid} on host ") and err.count("\n") == 1, err
+    assert not (tmp_path / "new" / "config.json").exists()
 
 
 def test_version(capsys):
