@@ -12,8 +12,12 @@ from miras.spec import MemorySpec
 
 
 def moneta(**overrides: object) -> MemorySpec:
-    """Moneta: 2-layer MLP, lp bias (p=3), lq retention (q=4), GD (paper Eq. 24)."""
-    return MemorySpec(memory="mlp", bias="lp", p=3.0, retention="lq", q=4.0, algorithm="gd").replace(**overrides)
+    """Moneta: 2-layer MLP, lp bias (p=3), lq retention (q=4), GD (paper Eq. 24), per-chunk gradients with the paper's
+    lag token; in-chunk steps scaled by the lag token's 1/n^{q-2} (`inchunk_steps="raw"` is the paper's scheme
+    literally)."""
+    return MemorySpec(
+        memory="mlp", bias="lp", p=3.0, retention="lq", q=4.0, algorithm="gd", inchunk_steps="scaled"
+    ).replace(**overrides)
 
 
 def yaad(**overrides: object) -> MemorySpec:
@@ -22,8 +26,10 @@ def yaad(**overrides: object) -> MemorySpec:
 
 
 def memora(**overrides: object) -> MemorySpec:
-    """Memora: 2-layer MLP, l2 bias, KL retention (softmax of logits), GD (Eq. 27)."""
-    return MemorySpec(memory="mlp", bias="l2", retention="kl", algorithm="gd").replace(**overrides)
+    """Memora: 2-layer MLP, l2 bias, KL retention (softmax of logits), GD (Eq. 27), per-chunk gradients with the
+    paper's lag token; in-chunk steps through the softmax's mean slope at the lag token, row-centered
+    (`inchunk_steps="raw"` is the paper's scheme literally)."""
+    return MemorySpec(memory="mlp", bias="l2", retention="kl", algorithm="gd", inchunk_steps="scaled").replace(**overrides)
 
 
 def linear_attention(**overrides: object) -> MemorySpec:

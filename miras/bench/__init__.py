@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 
 from miras import presets
-from miras.bench import model, ops
+from miras.bench import fidelity, model, ops
 from miras.bench.report import verdict, say, targets, write_all
 from miras.bench.timing import Settings
 from miras.cli.argtypes import nonnegative_int, positive_int
 from miras.ops.precision import tf32_matmuls
 
-SECTIONS = ("grid", "naive", "linear", "titans", "memory", "model", "compile")
+SECTIONS = ("grid", "naive", "linear", "titans", "memory", "model", "compile", "fidelity")
 DEFAULT_SECTIONS = SECTIONS  # the compile section only counts graph breaks unless --compile (compiling takes minutes)
 
 # Quick (default) and --full settings; explicit flags override either. The quick grid reaches T = 8192 so that the
@@ -67,6 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-presets", nargs="+", choices=list(presets.PRESETS), help="presets of the peak-memory ratio")
     p.add_argument("--titans-T", type=positive_int, default=1024, help="T of the titans-pytorch comparison (B=2, dim 256)")
     p.add_argument("--compile-T", type=positive_int, default=1024)
+    p.add_argument("--fidelity-T", type=positive_int, default=2048,
+                   help="T of the fidelity section's timing of the in-chunk step rules (its distances use T=256)")
     p.add_argument("--compile-presets", nargs="+", choices=list(presets.PRESETS))
     p.add_argument("--model-size", choices=["tiny", "small", "170m", "340m", "780m", "1.3b"])
     p.add_argument("--train-seq-lens", nargs="+", type=positive_int, help="T of the model training-throughput benchmark")
@@ -139,7 +141,7 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
 
     # Every preset a section will time passes the correctness gate first.
     uses = {"grid": plan["presets"], "naive": ["moneta"], "linear": ops.LINEAR_PRESETS, "titans": ops.MLP_PRESETS,
-            "memory": plan["memory_presets"], "compile": plan["compile_presets"]}
+            "memory": plan["memory_presets"], "compile": plan["compile_presets"], "fidelity": ["moneta", "memora"]}
     op_presets = sorted({name for s in sections for name in uses.get(s, ())})
     try:
         results["correctness"] = ops.check_correctness(op_presets, device)
@@ -163,6 +165,7 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
         settings, names=("moneta", "transformer"), size=plan["model_size"], train_seq_lens=plan["train_seq_lens"],
         batch=args.batch, decode_contexts=plan["decode_contexts"], decode_steps=plan["decode_steps"]))
     section("compile", lambda: ops.run_compile(settings, shape, plan["compile_presets"], T=args.compile_T, timed=args.compile))
+    section("fidelity", lambda: fidelity.run_fidelity(settings, shape, T=args.fidelity_T))
     results["meta"]["load_average_at_end"] = os.getloadavg()
     paths = write_all(results, args.out)
     for row in targets(results):

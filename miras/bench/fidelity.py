@@ -51,3 +51,65 @@ def fidelity(preset: str, spec: MemorySpec | None = None, chunk_sizes=CHUNK_SIZE
     """The distance of `preset` (or `spec` with `preset`'s layer) from its per-token rule at each chunk size."""
     spec, args = layer_inputs(preset, spec, seq_len)
     return distance_from_per_token_rule(spec, args, chunk_sizes)
+
+
+def run_fidelity(settings, shape, T: int = 2048, chunk: int = 64) -> dict:
+    """The section: every preset's distance from its per-token rule at chunk 16 and 64, each non-linear retention
+    under both in-chunk step rules, and the scaled rule's cost: fwd+bwd of the op under each rule, side by side
+    (round-robin) on the benchmark's inputs at T."""
+    from miras import presets
+    from miras.bench.ops import op_call, train_fn
+    from miras.bench.report import say
+    from miras.bench.timing import compare
+
+    rows = []
+    for name in presets.PRESETS:
+        spec = presets.get(name)
+        variants = [spec]
+        if spec.nonlinear_retention:  # the other in-chunk rule too (the paper's literal scheme is "raw")
+            variants.append(spec.replace(inchunk_steps="scaled" if spec.inchunk_steps == "raw" else "raw"))
+        for variant in variants:
+            distances = fidelity(name, variant)
+            rows.append({"preset": name, "default": variant == spec, "gradients": variant.gradients,
+                         "inchunk_steps": variant.inchunk_steps if variant.nonlinear_retention else None,
+                         **{f"chunk_{c}": d for c, d in distances.items()}})
+            say(f"[fidelity] {name} (gradients={variant.gradients}"
+                + (f", inchunk_steps={variant.inchunk_steps}" if variant.nonlinear_retention else "") + "): "
+                + ", ".join(f"chunk {c} {100 * d:.3g}%" for c, d in distances.items()))
+    speed = []
+    for name in ("moneta", "memora"):
+        fns = {}
+        for steps in ("raw", "scaled"):
+            call = op_call(chunk_miras, presets.get(name, inchunk_steps=steps), shape, T, chunk, settings.device,
+                           settings.dtype)
+            fns[steps] = train_fn(call.output, call.leaves)
+        timings = compare(fns, device=settings.device, repeats=settings.repeats, warmup=settings.warmup)
+        raw, scaled = timings["raw"].median, timings["scaled"].median
+        speed.append({"preset": name, "T": T, "chunk_size": chunk, "raw": timings["raw"].to_dict(),
+                      "scaled": timings["scaled"].to_dict(), "scaled_over_raw": scaled / raw})
+        say(f"[fidelity] {name} fwd+bwd T={T}: raw {1e3 * raw:.1f} ms, scaled {1e3 * scaled:.1f} ms ({scaled / raw:.3f}x)")
+    return {"seq_len": SEQ_LEN, "batch": BATCH, "size": "tiny", "chunk_sizes": list(CHUNK_SIZES), "rows": rows,
+            "speed": speed}
+
+
+def markdown(section: dict) -> list[str]:
+    """bench.md's fidelity section."""
+    out = [f"## Fidelity: distance from the per-token rule (tiny layer at init, T={section['seq_len']}, "
+           f"B={section['batch']}, float64)", "",
+           "‖o_C − o_1‖ / ‖o_1‖: the op at chunk C against the same op at chunk 1 (every token's gradient at the state "
+           "the previous token left). `gradients=per_token` is exact at any chunk size; `per_chunk` is mini-batch GD "
+           "inside a chunk. For the non-linear retentions both in-chunk step rules are shown; `raw` is the paper's "
+           "literal parallel scheme, `default` marks the preset's own.", ""]
+    header = ["preset", "gradients", "inchunk_steps", "default", *(f"chunk {c}" for c in section["chunk_sizes"])]
+    out.append("| " + " | ".join(header) + " |")
+    out.append("|" + "---|" * len(header))
+    for r in section["rows"]:
+        cells = [r["preset"], r["gradients"], r["inchunk_steps"] or "—", "yes" if r["default"] else "",
+                 *(f"{100 * r[f'chunk_{c}']:.3g}%" for c in section["chunk_sizes"])]
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", "Cost of the scaled in-chunk steps (fwd+bwd, side by side):", "",
+            "| preset | T | raw ms | scaled ms | scaled / raw |", "|---|---|---|---|---|"]
+    for s in section["speed"]:
+        out.append(f"| {s['preset']} | {s['T']} | {1e3 * s['raw']['median_s']:.1f} | {1e3 * s['scaled']['median_s']:.1f} | "
+                   f"{s['scaled_over_raw']:.3f} |")
+    return out + [""]

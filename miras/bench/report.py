@@ -253,6 +253,10 @@ def markdown(results: dict) -> str:
                         (r["break_reasons"][:1] or [r.get("error_fullgraph_True", "")])[0][:120].replace("|", "/").replace("\n", " ")]
                        for r in results["compile"]])
     out += _model_markdown(results.get("model", {}))
+    if results.get("fidelity"):
+        from miras.bench.fidelity import markdown as fidelity_markdown
+
+        out += fidelity_markdown(results["fidelity"])
     return "\n".join(out)
 
 

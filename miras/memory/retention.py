@@ -71,6 +71,18 @@ def retention_weights(
     return retention_map(spec, accum), None
 
 
+def kl_slope(spec: MemorySpec, weights: torch.Tensor) -> torch.Tensor:
+    """Memora's slope from its weights W = c·p (p = softmax rows of n entries, `out` rows): the Jacobian's diagonal
+    is c·p(1 - p), and the steps are centered per row (a projection of trace n - 1 per row), so s = tr J / (out·(n-1))
+    = c/(n-1) - ‖W‖²_F / (c·out·(n-1)), since Σ p = out: one reduction over the weights (for n = 1, φ is constant and
+    s = 0)."""
+    out, n = weights.shape[-2:]
+    if n == 1:
+        return weights.new_zeros(*weights.shape[:-2], 1, 1)
+    c = spec.kl_scale if spec.kl_scale > 0 else math.sqrt(n)
+    return c / (n - 1) - weights.square().sum(dim=(-2, -1), keepdim=True) / (c * out * (n - 1))
+
+
 def retention_slope(spec: MemorySpec, accum: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """φ's mean slope at A per weight matrix ([..., 1, 1]): the mean of the diagonal of its Jacobian, tr J_φ(A) / N,
     i.e. the s for which s·I is the multiple of the identity closest to J_φ(A) (Frobenius). The in-chunk steps of
@@ -82,14 +94,7 @@ def retention_slope(spec: MemorySpec, accum: tuple[torch.Tensor, ...]) -> tuple[
         return tuple((spec.q - 1.0) * smooth_abs_pow(spec, a, spec.q - 2.0).mean(dim=(-2, -1), keepdim=True)
                      * lq_scale(spec, a) for a in accum)
     if spec.retention == "kl":
-        slopes = []
-        for a in accum:
-            scale = spec.kl_scale if spec.kl_scale > 0 else math.sqrt(a.shape[-1])
-            p = torch.softmax(a, dim=-1)
-            # the steps are centered per row (a projection of trace N - 1 per row): s·(I - 11ᵀ/N) has J's trace
-            n = a.shape[-1]
-            slopes.append(scale * (p - p * p).mean(dim=(-2, -1), keepdim=True) * (n / max(n - 1, 1)))
-        return tuple(slopes)
+        return tuple(kl_slope(spec, w) for w in retention_map(spec, accum))
     if spec.retention == "elastic":
         return tuple((a.abs() > spec.elastic_threshold).to(a.dtype).mean(dim=(-2, -1), keepdim=True) for a in accum)
     raise ValueError(f"retention={spec.retention!r} has no slope: its map is the identity")

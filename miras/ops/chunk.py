@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from miras.memory.architecture import activation, activation_derivative
 from miras.memory.bias import upstream
-from miras.memory.retention import retention_slope, retention_weights
+from miras.memory.retention import kl_slope, retention_slope, retention_weights
 from miras.ops.linear_chunks import group_size, linear_chunks, linear_chunks_apply, masked_decay
 from miras.ops.precision import compute_dtype, without_autocast
 from miras.ops.state import TINY_GATE, MirasState, Weights, check_inputs, resolve_state
@@ -341,7 +341,9 @@ def _lag_step(
         mem = tuple(torch.addcmul(s, alpha, m) for m, s in zip(mem0, mom))
     weights, scales = retention_weights(spec, mem)
     slopes = None
-    if spec.inchunk_steps == "scaled":  # the literal lq map's slope is its scale: no second norm
+    if spec.inchunk_steps == "scaled" and spec.retention == "kl":  # from W_s: no second softmax
+        slopes = tuple(kl_slope(spec, w) for w in weights)
+    elif spec.inchunk_steps == "scaled":  # the literal lq map's slope is its scale: no second norm
         slopes = scales if spec.retention == "lq" and scales is not None else retention_slope(spec, mem)
     return mem, mom, weights, scales, slopes
 

@@ -1,10 +1,12 @@
-"""A model saved before `MemorySpec.gradients` existed loads with the semantics it was trained with (per-chunk
-gradients: the saved spec has no `gradients` field, and absent means the old one)."""
+"""Models saved before `MemorySpec.gradients` and `MemorySpec.inchunk_steps` existed load with the semantics they
+were trained with: a saved spec without the field means its old value (per-chunk gradients, raw in-chunk steps),
+whatever the presets now choose. The folders were written by the previous code (fixtures/README.md)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -12,26 +14,34 @@ from miras import MirasLM, ModelConfig
 from miras.train.checkpoint import load_model_weights
 from miras.train.run_dir import read_config
 
-FOLDER = Path(__file__).parent / "fixtures" / "gated_deltanet_before_per_token"
+FIXTURES = Path(__file__).parent / "fixtures"
+# folder: (the field it predates, the value it means when absent, the preset's value now)
+CASES = {
+    "gated_deltanet_before_per_token": ("gradients", "per_chunk", "per_token"),
+    "memora_before_inchunk_steps": ("inchunk_steps", "raw", "scaled"),
+}
 
 
-def _load(**spec_changes) -> MirasLM:
-    saved = read_config(FOLDER)["model"]
-    assert "gradients" not in saved["spec"]  # the fixture is what the previous code wrote
+def _load(folder: Path, **spec_changes) -> MirasLM:
+    saved = read_config(folder)["model"]
     saved["spec"] = {**saved["spec"], **spec_changes}
     model = MirasLM(ModelConfig.from_dict(saved)).eval()
-    load_model_weights(model, FOLDER)  # a checkpoint folder: its model.safetensors
+    load_model_weights(model, folder)  # a checkpoint folder: its model.safetensors
     return model
 
 
-def test_old_gated_deltanet_folder_computes_what_it_was_trained_with():
-    expected = load_file(FOLDER / "expected.safetensors")
-    model = _load()
-    assert model.config.memory_spec.gradients == "per_chunk"
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_old_folder_computes_what_it_was_trained_with(name):
+    field, old, new = CASES[name]
+    folder = FIXTURES / name
+    assert field not in read_config(folder)["model"]["spec"]  # the fixture is what the previous code wrote
+    expected = load_file(folder / "expected.safetensors")
+    model = _load(folder)
+    assert getattr(model.config.memory_spec, field) == old
     with torch.no_grad():
         logits = model(expected["input_ids"]).logits
     torch.testing.assert_close(logits, expected["logits"], rtol=1e-5, atol=1e-5)
-    # and the exact rule is a different function on the same weights, so the check above means something
+    # and the new value is a different function on the same weights, so the check above means something
     with torch.no_grad():
-        exact = _load(gradients="per_token")(expected["input_ids"]).logits
-    assert (exact - expected["logits"]).abs().max() > 1e-3
+        changed = _load(folder, **{field: new})(expected["input_ids"]).logits
+    assert (changed - expected["logits"]).abs().max() > 1e-4

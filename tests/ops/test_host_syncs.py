@@ -43,11 +43,13 @@ def _run(fn, spec, q, k, v, gates, state, chunk_size=4):
               delta=gates["delta"], initial_state=state, output_final_state=True)
 
 
-# moneta: an MLP memory (lq retention); yaad: huber's δ; titans: momentum; gated_deltanet: the linear-chunks path.
-@pytest.mark.parametrize("preset", ["moneta", "yaad", "titans", "gated_deltanet"])
+# moneta: an MLP memory (lq retention); yaad: huber's δ; titans: momentum; gated_deltanet: the linear-chunks path with
+# per-token gradients (the delta rule's inverse); its per_chunk variant: the linear-chunks path with a partial chunk.
+@pytest.mark.parametrize("preset", ["moneta", "yaad", "titans", "gated_deltanet", "gated_deltanet/per_chunk"])
 @pytest.mark.parametrize("fn", [chunk_miras, naive_recurrent_miras])
 def test_the_op_reads_no_tensor_data(fn, preset):
-    spec = presets.get(preset)
+    name, _, gradients = preset.partition("/")
+    spec = presets.get(name, **({"gradients": gradients} if gradients else {}))
     # T = 11 with chunks of 4: full chunks and a partial tail; then a call that continues the state mid-chunk.
     q, k, v, gates, state, _ = make_inputs(spec, T=11, dtype=torch.float32, requires_grad=True)
     with counted_reads() as counts:
@@ -55,7 +57,8 @@ def test_the_op_reads_no_tensor_data(fn, preset):
         o2, _ = _run(fn, spec, q, k, v, gates, final)
         (o.square().sum() + o2.square().sum()).backward()
     assert counts == dict.fromkeys(READS, 0), counts
-    assert final.offset == 3 and torch.isfinite(o2).all()  # the calls did run, with a state left mid-chunk
+    # the calls did run, with a state left mid-chunk (per-token gradients leave no unfinished chunk)
+    assert final.offset == (0 if spec.per_token else 3) and torch.isfinite(o2).all()
 
     with counted_reads() as counts, debug_checks():  # the switch does read: one bool() per gate given
         _run(fn, spec, q, k, v, gates, state)
