@@ -6,7 +6,7 @@
     y = chunk_miras(q, k, v, gates)       the memory op, [B, T, H, D]
     out = W_o(RMSNorm(y) ⊙ SiLU(x W_g))   per-head RMSNorm; GDN-style output gate
 
-Decisions the paper leaves open (miras-paper.md 10.1), and why:
+Decisions the paper (arXiv 2504.13173, Sec. 5.4) leaves open, and why:
 - Heads: one memory per head with key = value dim = head_dim; gates are per-head scalars (as TTT/Titans), so they
   scale whole weight gradients and never need a rule for multiplying a channel-wise rate into an MLP's matrices.
 - Gates: RWKV-7 style g = squash(b + W_up tanh(W_down x)) with rank `gate_rank`, W_up = 0 at init.
