@@ -26,9 +26,9 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.models.utils import Collator, normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, warning_once
-from tqdm import tqdm
 
 from miras.data import Tokenizer
+from miras.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class MirasEvalLM(TemplateLM):
 
         collator = Collator(requests, sort_fn=longest_first)
         results = []
-        bar = tqdm(total=len(requests), disable=disable_tqdm, desc="loglikelihood")
+        bar = progress_bar(total=len(requests), disable=disable_tqdm, desc="loglikelihood")
         for batch in collator.get_batched(n=self.batch_size):
             inputs, continuations = [], []
             for _, context, continuation in batch:
@@ -199,7 +199,7 @@ class MirasEvalLM(TemplateLM):
             jobs.append((tokens, tuple(until), max_gen_toks))
         order = sorted(range(len(jobs)), key=lambda i: (-len(jobs[i][0]), jobs[i][1:]))
         results: list[str | None] = [None] * len(jobs)
-        bar = tqdm(total=len(jobs), disable=disable_tqdm, desc="generate_until")
+        bar = progress_bar(total=len(jobs), disable=disable_tqdm, desc="generate_until")
         for (_, until, max_gen_toks), group in itertools.groupby(
             order, key=lambda i: (len(jobs[i][0]), *jobs[i][1:])
         ):
