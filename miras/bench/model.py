@@ -14,6 +14,7 @@ from miras.bench.timing import Fn, Settings, compare
 from miras.config import ModelConfig
 from miras.layers.miras_layer import use_compiled_steps
 from miras.models import MirasLM
+from miras.ops.torch_workarounds import compile_keeping_saved_tensors
 
 
 def _models(names: tuple[str, ...], size: str, max_len: int, device, dtype) -> dict:
@@ -33,7 +34,7 @@ def run_train(settings: Settings, names: tuple[str, ...], size: str, seq_lens: l
     for name in compiled:
         models[f"{name} --compile"] = copy.deepcopy(models[name])
         use_compiled_steps(models[f"{name} --compile"])
-        forward[f"{name} --compile"] = torch.compile(models[f"{name} --compile"])
+        forward[f"{name} --compile"] = compile_keeping_saved_tensors(models[f"{name} --compile"])
     rows = []
     for T in seq_lens:
         ids = torch.randint(0, next(iter(models.values())).config.vocab_size, (batch, T), device=settings.device)

@@ -25,6 +25,7 @@ from miras.bench.timing import Fn, Settings, Timing, compare, matmul_fn, peak_me
 from miras.memory.architecture import weight_shapes
 from miras.ops import chunk_miras, init_state, naive_recurrent_miras
 from miras.ops.linear_chunks import linear_chunks_apply
+from miras.ops.torch_workarounds import compile_keeping_saved_tensors
 from miras.spec import MemorySpec
 
 # The issue's "linear-memory presets" (matmul-roof target) and "MLP-memory presets" (titans-pytorch target): every
@@ -507,7 +508,7 @@ def _compiled_op_error(name: str, fullgraph: bool, device, chunk_size: int = 16,
     """torch.compile(chunk_miras) against the eager op in float64 on a short sequence (two full chunks and a partial
     one): max relative error over the output and the gradient of every input."""
     torch._dynamo.reset()
-    ops = (chunk_miras, torch.compile(chunk_miras, fullgraph=fullgraph, dynamic=False))
+    ops = (chunk_miras, compile_keeping_saved_tensors(chunk_miras, fullgraph=fullgraph, dynamic=False))
     return _max_rel_err(*(_check_results(op, presets.get(name), device, chunk_size, T) for op in ops))
 
 
@@ -537,7 +538,7 @@ def run_compile(settings: Settings, shape: Shape, preset_names: list[str], T: in
                 if not err <= tol:
                     raise CorrectnessError(f"the compiled op disagrees with eager: max rel err {err:.3e} > {tol:g}")
                 torch._dynamo.reset()  # the timed compile starts afresh (a second shape would make dims dynamic)
-                candidate = call.with_op(torch.compile(chunk_miras, fullgraph=fullgraph))
+                candidate = call.with_op(compile_keeping_saved_tensors(chunk_miras, fullgraph=fullgraph))
                 row[f"first_call_s_fullgraph_{fullgraph}"] = time_call(train_fn(candidate.output, candidate.leaves), dev)
             except Exception as error:  # a failed or wrong compile is a result to report, not a crash
                 row[f"error_fullgraph_{fullgraph}"] = f"{type(error).__name__}: {str(error)[:500]}"

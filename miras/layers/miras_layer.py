@@ -56,11 +56,14 @@ FIXED_WRITE_PRESETS = ("linear_attention", "retnet")  # η ≡ 1
 CONSTANT_DECAY_PRESETS = ("retnet",)  # α is a learned per-head constant
 
 
-# The op with its chunk steps compiled, kept out of an enclosing torch.compile graph: compiling the op itself would
-# unroll its chunk loop (compile time growing with T, minutes at T=4096), while its steps (runs of 8 chunks) compile
-# once for any T. Built when a layer first turns compile_steps on (torch.compiler.disable imports dynamo: a second at
-# start-up), not in forward: dynamo would trace a cached factory there and warn that it ignores the cache.
-_COMPILED_STEPS_OP: list[Callable] = []
+@functools.cache
+def compiled_steps_op() -> Callable:
+    """The op with its chunk steps compiled, kept out of an enclosing torch.compile graph: compiling the op itself
+    would unroll its chunk loop (compile time growing with T, minutes at T=4096), while its steps (runs of 8 chunks)
+    compile once for any T. Built once, when a layer first turns compile_steps on (torch.compiler.disable imports
+    dynamo: a second), and kept on the layer: called in forward, dynamo would trace this cached factory and warn
+    that it ignores the cache."""
+    return torch.compiler.disable(functools.partial(chunk_miras, compile_steps=True))
 
 
 def use_compiled_steps(module: nn.Module) -> None:
@@ -202,13 +205,11 @@ class MirasLayer(nn.Module):
         """chunk mode: run the op with compiled chunk steps (chunk_miras(compile_steps=True)), outside any enclosing
         torch.compile graph; the trainer's --compile sets it (`use_compiled_steps`). Execution only: not part of the
         config."""
-        return self._compile_steps
+        return self._compiled_op is not None
 
     @compile_steps.setter
     def compile_steps(self, on: bool) -> None:
-        if on and not _COMPILED_STEPS_OP:
-            _COMPILED_STEPS_OP.append(torch.compiler.disable(functools.partial(chunk_miras, compile_steps=True)))
-        self._compile_steps = on
+        self._compiled_op = compiled_steps_op() if on else None
 
     def allocate_cache(self, batch_size: int) -> MirasLayerCache:
         """The cache before the first token: the learned initial memory and an all-zero conv history."""
@@ -264,8 +265,8 @@ class MirasLayer(nn.Module):
         op = chunk_miras
         if self.mode == "recurrent":
             op = naive_recurrent_miras
-        elif self._compile_steps:
-            op = _COMPILED_STEPS_OP[0]
+        elif self._compiled_op is not None:
+            op = self._compiled_op
         o, state = op(
             q, k, v, eta, alpha, spec=self.spec, chunk_size=self.chunk_size, momentum=theta, delta=delta,
             initial_state=state, output_final_state=cache is not None,
