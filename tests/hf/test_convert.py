@@ -10,7 +10,7 @@ pytest.importorskip("transformers", reason="needs the hf extra: pip install 'mir
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-import miras  # noqa: E402, F401  (registers model_type "miras" with the Auto classes)
+import miras.hf.auto  # noqa: E402, F401  (registers model_type "miras" with the Auto classes)
 from miras.cli import main  # noqa: E402
 from miras.config import ModelConfig  # noqa: E402
 from miras.data import Tokenizer  # noqa: E402

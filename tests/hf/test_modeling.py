@@ -12,7 +12,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache  # noqa: E402
 
-import miras  # noqa: E402, F401  (registers model_type "miras" with the Auto classes)
+import miras.hf.auto  # noqa: E402, F401  (registers model_type "miras" with the Auto classes)
 from miras import presets  # noqa: E402
 from miras.config import ModelConfig  # noqa: E402
 from miras.hf import MirasConfig, MirasForCausalLM, MirasHFCache, MirasModel  # noqa: E402

@@ -208,17 +208,17 @@ def offline_env() -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-# lm-eval's own executable finds "miras" through miras.pth (plugins/); `python -m miras.lmeval` registers it itself.
-LM_EVAL_COMMANDS = {
-    "lm_eval": [str(Path(sys.executable).with_name("lm_eval"))],
-    "python -m miras.lmeval": [sys.executable, "-m", "miras.lmeval"],
-}
+# `python -m miras.lmeval` is lm-eval's command line after importing miras: it knows lm-eval's model "miras" (a run
+# folder) and, through transformers' Auto classes, `--model hf` on a folder from `miras convert to-hf`.
+@pytest.mark.parametrize("model", ["miras", "hf"])
+def test_lm_eval_command_line(run_dir, tmp_path, model):
+    pretrained = run_dir
+    if model == "hf":
+        from miras.hf.convert import run_to_hf
 
-
-@pytest.mark.parametrize("launcher", LM_EVAL_COMMANDS)
-def test_lm_eval_command_line(run_dir, tmp_path, launcher):
+        pretrained = run_to_hf(run_dir, tmp_path / "hf")
     command = [
-        *LM_EVAL_COMMANDS[launcher], "--model", "miras", "--model_args", f"pretrained={run_dir}",
+        sys.executable, "-m", "miras.lmeval", "--model", model, "--model_args", f"pretrained={pretrained}",
         "--tasks", "test_choice", "--include_path", str(FIXTURES), "--limit", "3", "--batch_size", "2",
         "--device", "cpu", "--output_path", str(tmp_path / "out"),
     ]  # fmt: skip
