@@ -224,7 +224,9 @@ def compare(
     configs = model_configs(candidates, config, tokenizer.vocab_size)  # ValueErrors of a bad candidate surface here
     for c in candidates:
         run_dir = out_dir / RUNS_DIR / c.name
-        if (run_dir / CONFIG_FILE).is_file() and read_config(run_dir)["model"] != configs[c.name].to_dict():
+        # Through ModelConfig, so that a config saved before a field existed compares with the value it implies.
+        on_disk = (run_dir / CONFIG_FILE).is_file() and ModelConfig.from_dict(read_config(run_dir)["model"]).to_dict()
+        if on_disk and on_disk != configs[c.name].to_dict():
             raise ConfigError("out", f"{run_dir} holds a different model than {c.title} is now (the matched SwiGLU "
                                      f"width depends on the whole set of models); use a new --out folder")
     for i, c in enumerate(candidates, 1):

@@ -19,8 +19,9 @@ Decisions the paper (arXiv 2504.13173, Sec. 5.4) leaves open, and why:
 - α starts per head with memory horizons 1/(1-α) log-spaced from 20 to 100 tokens (α ≈ 0.95 .. 0.99); θ starts at
   0.5; δ starts at 1, the per-coordinate RMS of the residual of an MLP memory with LayerNorm, so that the l1
   branch's step δ·Sign(e) has the size of the l2 branch's.
-- Presets linear_attention and retnet: η is fixed to 1 (their write is v kᵀ, unscaled); retnet's α is a learned
-  per-head constant initialized to RetNet's 1 - 2^(-5-h). All other presets use data-dependent gates.
+- ModelConfig.eta_gate = "fixed" (presets linear_attention and retnet): η is fixed to 1 (their write is v kᵀ,
+  unscaled); alpha_gate = "constant" (retnet): α is a learned per-head constant initialized to RetNet's
+  1 - 2^(-5-h). All other presets use data-dependent gates.
 - The initial memory weights are learned per head (as Titans / TTT), from `init_weights`.
 - Values are RMS-normalized (norm √D) when the memory's output passes the parameter-free LayerNorm: such a memory
   can only output vectors of norm ≈ √D (unit key + LN output), so any other value length is an error it can never
@@ -52,8 +53,6 @@ from miras.ops.state import resolve_state
 from miras.spec import MemorySpec
 
 MODES = ("chunk", "recurrent")
-FIXED_WRITE_PRESETS = ("linear_attention", "retnet")  # η ≡ 1
-CONSTANT_DECAY_PRESETS = ("retnet",)  # α is a learned per-head constant
 
 
 @functools.cache
@@ -140,8 +139,9 @@ def eta_max(spec: MemorySpec, head_dim: int) -> float:
     return 1.0 / gain
 
 
-def alpha_init(preset: str, heads: int) -> list[float]:
-    if preset in CONSTANT_DECAY_PRESETS:  # RetNet's multi-scale decays
+def alpha_init(alpha_gate: str, heads: int) -> list[float]:
+    """α's initial value per head, for ModelConfig.alpha_gate "constant" or "data_dependent"."""
+    if alpha_gate == "constant":  # RetNet's multi-scale decays
         return [1.0 - 2.0 ** (-5 - h) for h in range(heads)]
     horizons = [20.0 * 5.0 ** (h / max(heads - 1, 1)) for h in range(heads)]  # 20 .. 100 tokens
     return [1.0 - 1.0 / n for n in horizons]
@@ -171,13 +171,13 @@ class MirasLayer(nn.Module):
 
         rank = config.gate_rank
         self.eta_gate = None
-        if config.preset not in FIXED_WRITE_PRESETS:
+        if config.eta_gate == "data_dependent":
             top = eta_max(spec, D)
             self.eta_gate = Gate(hidden, H, rank, "sigmoid", [0.1 * top] * H, scale=top)
         self.alpha_gate = None
         if spec.retention != "none":
-            alpha_rank = 0 if config.preset in CONSTANT_DECAY_PRESETS else rank
-            self.alpha_gate = Gate(hidden, H, alpha_rank, "sigmoid", alpha_init(config.preset, H))
+            alpha_rank = 0 if config.alpha_gate == "constant" else rank
+            self.alpha_gate = Gate(hidden, H, alpha_rank, "sigmoid", alpha_init(config.alpha_gate, H))
         self.theta_gate = Gate(hidden, H, rank, "sigmoid", [0.5] * H) if spec.algorithm == "momentum" else None
         self.delta_gate = Gate(hidden, H, rank, "softplus", [1.0] * H) if spec.bias == "huber" else None
 
