@@ -19,7 +19,7 @@ import torch
 
 from miras import presets
 from miras.bench import model, ops
-from miras.bench.report import verdict, say, targets, write_all
+from miras.bench.report import say, write_all
 from miras.bench.timing import Settings
 from miras.cli.argtypes import nonnegative_int, positive_int
 from miras.ops.precision import tf32_matmuls
@@ -28,7 +28,7 @@ SECTIONS = ("grid", "naive", "linear", "titans", "memory", "model", "compile")
 DEFAULT_SECTIONS = SECTIONS  # the compile section only counts graph breaks unless --compile (compiling takes minutes)
 
 # Quick (default) and --full settings; explicit flags override either. The quick grid reaches T = 8192 so that the
-# SDPA crossover of an MLP preset (Moneta) is measured around the T = 4096, not extrapolated.
+# SDPA crossover of an MLP preset (Moneta), which lies around T = 4096, is measured, not extrapolated.
 QUICK = dict(presets=["moneta", "moneta" + ops.COMPILE_STEPS, "gated_deltanet"], seq_lens=[512, 1024, 2048, 4096, 8192], chunk_sizes=[64], repeats=3,
              warmup=1, slow_repeats=1, memory_presets=["gated_deltanet", "moneta"], model_size="tiny",
              train_seq_lens=[256, 1024], decode_contexts=[256, 1024, 4096, 8192], decode_steps=16,
@@ -165,9 +165,5 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
     section("compile", lambda: ops.run_compile(settings, shape, plan["compile_presets"], T=args.compile_T, timed=args.compile))
     results["meta"]["load_average_at_end"] = os.getloadavg()
     paths = write_all(results, args.out)
-    for row in targets(results):
-        met = verdict(row)
-        value = f"{row['measured']:.2f}" if isinstance(row["measured"], float) else row["measured"]
-        say(f"[target] {row['check']}: {value} (target {row['target']}): {met}")
     say("wrote " + ", ".join(map(str, paths)))
     return 0

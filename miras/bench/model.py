@@ -86,13 +86,13 @@ def run_decode(settings: Settings, names: tuple[str, ...], size: str, contexts: 
     short, long = min(contexts), max(contexts)
     miras_rows = {r["context"]: r["median_s"] for r in rows if r["model"] == names[0]}
     if short != long:
-        out |= {"model": names[0], "short": short, "long": long, "ratio": miras_rows[long] / miras_rows[short], "target": 1.3}
+        out |= {"model": names[0], "short": short, "long": long, "ratio": miras_rows[long] / miras_rows[short]}
     return out
 
 
 def run_model(settings: Settings, *, names: tuple[str, ...], size: str, train_seq_lens: list[int], batch: int,
               decode_contexts: list[int], decode_steps: int) -> dict:
-    """Both model benchmarks; names[0] is the Miras model whose decode ratio is checked against the target, and
-    which also trains with --compile."""
+    """Both model benchmarks; names[0] is the Miras model whose decode ratio (longest over shortest context) is
+    reported, and which also trains with --compile."""
     return {"train": run_train(settings, names, size, train_seq_lens, batch, compiled=names[:1]),
             "decode": run_decode(settings, names, size, decode_contexts, decode_steps)}
