@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 from miras import presets
+from miras.checks import int_problem
 from miras.spec import MemorySpec
 
 TRANSFORMER = "transformer"
@@ -55,8 +56,9 @@ PRESET_GATES: dict[str, dict[str, str]] = {
 
 
 def _positive_int(name: str, value: object, low: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"ModelConfig.{name}={value!r} must be an integer >= {low}")
+    problem = int_problem(value, low)
+    if problem:
+        raise ValueError(f"ModelConfig.{name}={value!r} {problem}")
 
 
 def _positive_float(name: str, value: object) -> None:

