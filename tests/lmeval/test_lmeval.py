@@ -209,20 +209,30 @@ def offline_env() -> dict:
 
 
 # `python -m miras.lmeval` is lm-eval's command line after importing miras: it knows lm-eval's model "miras" (a run
-# folder) and, through transformers' Auto classes, `--model hf` on a folder from `miras convert to-hf`.
-@pytest.mark.parametrize("model", ["miras", "hf"])
-def test_lm_eval_command_line(run_dir, tmp_path, model):
+# folder) and, through transformers' Auto classes, `--model hf` on a folder from `miras convert to-hf`. Plain `lm_eval`
+# imports no miras: `--model hf` loads a converted folder through its remote-code files (trust_remote_code=True).
+LM_EVAL_COMMANDS = {
+    "miras": ([sys.executable, "-m", "miras.lmeval"], "miras", ""),
+    "hf": ([sys.executable, "-m", "miras.lmeval"], "hf", ""),
+    "plain lm_eval, hf": ([str(Path(sys.executable).with_name("lm_eval"))], "hf", ",trust_remote_code=True"),
+}
+
+
+@pytest.mark.parametrize("launcher", LM_EVAL_COMMANDS)
+def test_lm_eval_command_line(run_dir, tmp_path, launcher):
+    executable, model, extra_args = LM_EVAL_COMMANDS[launcher]
     pretrained = run_dir
     if model == "hf":
         from miras.hf.convert import run_to_hf
 
         pretrained = run_to_hf(run_dir, tmp_path / "hf")
     command = [
-        sys.executable, "-m", "miras.lmeval", "--model", model, "--model_args", f"pretrained={pretrained}",
+        *executable, "--model", model, "--model_args", f"pretrained={pretrained}{extra_args}",
         "--tasks", "test_choice", "--include_path", str(FIXTURES), "--limit", "3", "--batch_size", "2",
         "--device", "cpu", "--output_path", str(tmp_path / "out"),
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, env=offline_env(), timeout=300)
+    env = {**offline_env(), "HF_MODULES_CACHE": str(tmp_path / "modules")}  # where remote code is copied to
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "test_choice" in done.stdout and "acc_norm" in done.stdout
     (result_file,) = (tmp_path / "out").rglob("results_*.json")
