@@ -1,4 +1,9 @@
-"""Miras: sequence layers as associative memories trained at test time."""
+"""Miras: sequence layers as associative memories trained at test time.
+
+Importing miras runs no code outside the package and changes no torch setting (tests/test_import_side_effects.py):
+transformers' Auto classes learn model_type "miras" by `import miras.hf.auto`, and the workaround for torch's donated
+buffers is scoped to the calls that compile (miras/ops/torch_workarounds.py).
+"""
 
 from miras import presets
 from miras.config import ModelConfig
@@ -7,12 +12,6 @@ from miras.models import LMOutput, MirasCache, MirasLM
 from miras.ops import MirasState, chunk_miras, init_state, naive_recurrent_miras
 from miras.presets import gated_deltanet, memora, moneta, titans, yaad
 from miras.spec import MemorySpec
-
-# transformers (the optional extra miras[hf]) learns model_type "miras" when its Auto classes load; importing miras
-# never imports transformers itself, which would add seconds (miras/hf/auto.py).
-from miras.hf.auto import install as _install_hf_auto
-
-_install_hf_auto()
 
 __all__ = [
     "Attention",

@@ -2,9 +2,11 @@
 
 Field names follow Hugging Face (`vocab_size`, `hidden_size`, `num_hidden_layers`, ...) so that an HF config can
 mirror it 1:1. The memory is chosen by `preset` (a name from `miras.presets`, or "transformer" for an all-attention
-model); `spec` optionally replaces the preset's `MemorySpec` while `preset` still picks the gate parameterization
-(RetNet's per-head decay and the fixed write strength of linear attention / RetNet, see layers/miras_layer.py).
-`to_dict()` always stores the resolved spec, so a saved config does not depend on later changes to the presets.
+model); `spec` optionally replaces the preset's `MemorySpec`. How the layer computes η and α is set by `eta_gate` and
+`alpha_gate` (layers/miras_layer.py); left None they take the preset's (PRESET_GATES), which is also how a config
+saved before these fields existed loads with the gates it was trained with.
+`to_dict()` always stores the resolved spec and gates, so a saved config does not depend on later changes to the
+presets.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 from miras import presets
+from miras.checks import int_problem
 from miras.spec import MemorySpec
 
 TRANSFORMER = "transformer"
@@ -39,9 +42,23 @@ SIZES: dict[str, dict] = {
 }
 
 
+# How the layer computes η (the inner learning rate) and α (retention):
+#   eta_gate:   "data_dependent": η_t = η_max·sigmoid(low-rank(x_t)) per head; "fixed": η ≡ 1 (an unscaled write v kᵀ)
+#   alpha_gate: "data_dependent": α_t = sigmoid(low-rank(x_t)) per head; "constant": a learned per-head constant
+#               (RetNet's multi-scale decays at init)
+GATES = {"eta_gate": ("data_dependent", "fixed"), "alpha_gate": ("data_dependent", "constant")}
+# The presets whose gates are not data-dependent: linear attention and RetNet write v kᵀ unscaled, and RetNet decays
+# at a fixed per-head rate (retnet and mamba2 share their MemorySpec and differ only here).
+PRESET_GATES: dict[str, dict[str, str]] = {
+    "linear_attention": {"eta_gate": "fixed"},
+    "retnet": {"eta_gate": "fixed", "alpha_gate": "constant"},
+}
+
+
 def _positive_int(name: str, value: object, low: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"ModelConfig.{name}={value!r} must be an integer >= {low}")
+    problem = int_problem(value, low)
+    if problem:
+        raise ValueError(f"ModelConfig.{name}={value!r} {problem}")
 
 
 def _positive_float(name: str, value: object) -> None:
@@ -55,6 +72,8 @@ class ModelConfig:
 
     preset:                  a `miras.presets` name (moneta, yaad, memora, ...) or "transformer" (Transformer++).
     spec:                    a MemorySpec that replaces the preset's (None: the preset's own).
+    eta_gate, alpha_gate:    how η and α are computed (GATES above); None: the preset's (PRESET_GATES, else
+                             "data_dependent"). None for the transformer, which has no memory.
     head_dim:                per-head key = value dim; None means hidden_size // num_heads.
     intermediate_size:       SwiGLU hidden width; None means 8/3 hidden_size rounded up to a multiple of 64.
     chunk_size:              tokens per chunk of the memory op: a semantic hyper-parameter (gradients inside a chunk
@@ -71,6 +90,8 @@ class ModelConfig:
 
     preset: str = "moneta"
     spec: MemorySpec | None = None
+    eta_gate: str | None = None
+    alpha_gate: str | None = None
     vocab_size: int = 8192
     hidden_size: int = 128
     num_hidden_layers: int = 2
@@ -99,6 +120,17 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.spec must be a MemorySpec, a dict of its fields or None, got {self.spec!r}")
         if self.spec is not None and self.preset == TRANSFORMER:
             raise ValueError("ModelConfig.spec must be None when preset='transformer' (it has no memory layers)")
+        for name, allowed in GATES.items():
+            value = getattr(self, name)
+            if self.preset == TRANSFORMER:
+                if value is not None:
+                    raise ValueError(f"ModelConfig.{name} must be None when preset='transformer' (it has no memory "
+                                     "layers)")
+                continue
+            if value is None:
+                setattr(self, name, PRESET_GATES.get(self.preset, {}).get(name, allowed[0]))
+            elif value not in allowed:
+                raise ValueError(f"ModelConfig.{name}={value!r} is not allowed; choose one of {', '.join(allowed)}")
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_heads", "chunk_size", "conv_size",
                      "gate_rank", "attention_window", "max_position_embeddings"):
             _positive_int(name, getattr(self, name))

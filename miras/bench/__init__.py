@@ -19,16 +19,17 @@ import torch
 
 from miras import presets
 from miras.bench import fidelity, model, ops
-from miras.bench.report import verdict, say, targets, write_all
+from miras.bench.report import say, write_all
 from miras.bench.timing import Settings
 from miras.cli.argtypes import nonnegative_int, positive_int
+from miras.device import resolve_device
 from miras.ops.precision import tf32_matmuls
 
 SECTIONS = ("grid", "naive", "linear", "titans", "memory", "model", "compile", "fidelity")
 DEFAULT_SECTIONS = SECTIONS  # the compile section only counts graph breaks unless --compile (compiling takes minutes)
 
 # Quick (default) and --full settings; explicit flags override either. The quick grid reaches T = 8192 so that the
-# SDPA crossover of an MLP preset (Moneta) is measured around the issue's T = 4096, not extrapolated.
+# SDPA crossover of an MLP preset (Moneta), which lies around T = 4096, is measured, not extrapolated.
 QUICK = dict(presets=["moneta", "moneta" + ops.COMPILE_STEPS, "gated_deltanet"], seq_lens=[512, 1024, 2048, 4096, 8192], chunk_sizes=[64], repeats=3,
              warmup=1, slow_repeats=1, memory_presets=["gated_deltanet", "moneta"], model_size="tiny",
              train_seq_lens=[256, 1024], decode_contexts=[256, 1024, 4096, 8192], decode_steps=16,
@@ -74,7 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-seq-lens", nargs="+", type=positive_int, help="T of the model training-throughput benchmark")
     p.add_argument("--decode-contexts", nargs="+", type=positive_int, help="context lengths of the decode-latency benchmark")
     p.add_argument("--decode-steps", type=positive_int, help="timed decode steps per context")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--tf32", action="store_true",
                    help="CUDA only: float32 matmuls on TF32 tensor cores, the op's included (it computes in float32 whatever --dtype)")
@@ -99,32 +100,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, command: list[str]) -> int:
     """Run the suite for parsed flags; `command` (the words that started it) is recorded with the results."""
-    problem = _device_problem(args.device, args.tf32)
-    if problem:
+    try:
+        device = resolve_device(args.device)
+        if args.tf32 and device.type != "cuda":
+            raise ValueError(f"--tf32 is for CUDA GPUs, but --device is {args.device}")
+    except ValueError as problem:
         print(f"miras bench: {problem}", file=sys.stderr)
         return 2
     with tf32_matmuls(args.tf32):  # the correctness checks run in float64, which TF32 leaves alone
-        return _run(args, command)
+        return _run(args, command, device)
 
 
-def _device_problem(name: str, tf32: bool) -> str | None:
-    """What is wrong with --device (and --tf32 on it), or None."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        return f"--device {name!r} is not a device: cpu or cuda[:i]"
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return f"--device {name}, but torch sees no CUDA device (torch {torch.__version__})"
-    if tf32 and device.type != "cuda":
-        return f"--tf32 is for CUDA GPUs, but --device is {name}"
-    return None
-
-
-def _run(args: argparse.Namespace, command: list[str]) -> int:
+def _run(args: argparse.Namespace, command: list[str], device: torch.device) -> int:
     plan = {**(FULL if args.full else QUICK), **{k: v for k, v in vars(args).items() if v is not None and k in QUICK}}
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     settings = Settings(device, getattr(torch, args.dtype), plan["repeats"], plan["warmup"], plan["slow_repeats"])
     shape = ops.Shape(args.batch, args.heads, args.head_dim)
     sections = list(args.only or DEFAULT_SECTIONS)
@@ -168,9 +158,5 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
     section("fidelity", lambda: fidelity.run_fidelity(settings, shape, T=args.fidelity_T))
     results["meta"]["load_average_at_end"] = os.getloadavg()
     paths = write_all(results, args.out)
-    for row in targets(results):
-        met = verdict(row)
-        value = f"{row['measured']:.2f}" if isinstance(row["measured"], float) else row["measured"]
-        say(f"[target] {row['check']}: {value} (target {row['target']}): {met}")
     say("wrote " + ", ".join(map(str, paths)))
     return 0

@@ -85,7 +85,7 @@ def chunk_gated_delta_rule_flops(B: int, T: int, H: int, K: int, V: int, chunk_s
 
 
 def fla_chunk_gated_delta_rule() -> tuple[Callable | None, str]:
-    """fla's pure-PyTorch chunked gated delta rule (`naive_chunk_gated_delta_rule`, the issue's reference), or None
+    """fla's pure-PyTorch chunked gated delta rule (`naive_chunk_gated_delta_rule`, the reference of the gated_deltanet comparison), or None
     and why not. `import fla.ops...` imports triton's kernels, and triton is ~1 GB and has no CPU driver; the naive
     file itself needs only torch and einops, so without triton it is loaded from the installed fla package's source
     file (`pip install fla-core==0.6.0`, a small pure-Python wheel), the same code."""

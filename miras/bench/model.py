@@ -14,6 +14,7 @@ from miras.bench.timing import Fn, Settings, compare
 from miras.config import ModelConfig
 from miras.layers.miras_layer import use_compiled_steps
 from miras.models import MirasLM
+from miras.ops.torch_workarounds import compile_keeping_saved_tensors
 
 
 def _models(names: tuple[str, ...], size: str, max_len: int, device, dtype) -> dict:
@@ -33,7 +34,7 @@ def run_train(settings: Settings, names: tuple[str, ...], size: str, seq_lens: l
     for name in compiled:
         models[f"{name} --compile"] = copy.deepcopy(models[name])
         use_compiled_steps(models[f"{name} --compile"])
-        forward[f"{name} --compile"] = torch.compile(models[f"{name} --compile"])
+        forward[f"{name} --compile"] = compile_keeping_saved_tensors(models[f"{name} --compile"])
     rows = []
     for T in seq_lens:
         ids = torch.randint(0, next(iter(models.values())).config.vocab_size, (batch, T), device=settings.device)
@@ -85,13 +86,13 @@ def run_decode(settings: Settings, names: tuple[str, ...], size: str, contexts: 
     short, long = min(contexts), max(contexts)
     miras_rows = {r["context"]: r["median_s"] for r in rows if r["model"] == names[0]}
     if short != long:
-        out |= {"model": names[0], "short": short, "long": long, "ratio": miras_rows[long] / miras_rows[short], "target": 1.3}
+        out |= {"model": names[0], "short": short, "long": long, "ratio": miras_rows[long] / miras_rows[short]}
     return out
 
 
 def run_model(settings: Settings, *, names: tuple[str, ...], size: str, train_seq_lens: list[int], batch: int,
               decode_contexts: list[int], decode_steps: int) -> dict:
-    """Both model benchmarks; names[0] is the Miras model whose decode ratio is checked against the target, and
-    which also trains with --compile."""
+    """Both model benchmarks; names[0] is the Miras model whose decode ratio (longest over shortest context) is
+    reported, and which also trains with --compile."""
     return {"train": run_train(settings, names, size, train_seq_lens, batch, compiled=names[:1]),
             "decode": run_decode(settings, names, size, decode_contexts, decode_steps)}

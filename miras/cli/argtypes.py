@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from miras.checks import int_problem
+
 
 def positive_int(text: str) -> int:
     return _at_least(text, 1)
@@ -19,6 +21,7 @@ def _at_least(text: str, low: int) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+    problem = int_problem(value, low)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{problem}, got {value}")
     return value

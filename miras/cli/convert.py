@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "convert",
         help="convert a run folder to a Hugging Face folder or back (needs miras[hf])",
         description="Convert between a `miras train` run folder and a Hugging Face folder that "
-        "AutoModelForCausalLM / AutoTokenizer load after `import miras`. The output folder must not exist yet.",
+        "AutoModelForCausalLM / AutoTokenizer load after `import miras.hf.auto`. The output folder must not exist yet.",
     )
     directions = parser.add_subparsers(dest="direction", required=True, metavar="DIRECTION")
     to_hf = directions.add_parser(

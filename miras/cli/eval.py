@@ -12,6 +12,8 @@ import json
 import math
 from pathlib import Path
 
+from miras.checks import check_int
+
 # Packages `miras eval zeroshot` needs beyond the base install; a missing one means the "eval" extra is not installed.
 ZEROSHOT_PACKAGES = ("lm_eval", "transformers", "accelerate")
 EVAL_DIR = "eval"  # default output folder, inside the run folder
@@ -79,6 +81,7 @@ def run_ppl(args: argparse.Namespace) -> int:
     import numpy as np
 
     from miras.data import held_out_split, token_stream
+    from miras.device import resolve_device
     from miras.eval.plots import plot_position_loss
     from miras.eval.ppl import evaluate_ppl
     from miras.train.checkpoint import load_trained, resolve_checkpoint
@@ -143,22 +146,11 @@ def run_ppl(args: argparse.Namespace) -> int:
     return 0
 
 
-def resolve_device(name: str) -> str:
-    """A --device choice (auto, cpu, cuda) as a torch device name; also used by `miras recall`."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device: cuda was asked for but torch sees no CUDA device")
-    return name
-
-
 def check_positive(args: argparse.Namespace, *names: str) -> None:
+    """Each of these flags, when given, is an integer >= 1 (ValueError naming the flag)."""
     for name in names:
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if getattr(args, name) is not None:
+            check_int(f"--{name.replace('_', '-')}", getattr(args, name))
 
 
 def _position_bins(context_len: int) -> list[tuple[int, int]]:

@@ -30,14 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from miras.cli.eval import resolve_device
+    from miras.checks import check_int
+    from miras.device import resolve_device
     from miras.train.checkpoint import load_trained
 
-    if args.max_new_tokens < 0:
-        raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    if args.num_samples < 1:
-        raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
-    device = torch.device(resolve_device(args.device))
+    check_int("--max-new-tokens", args.max_new_tokens, low=0)
+    check_int("--num-samples", args.num_samples)
+    device = resolve_device(args.device)
     model, tokenizer = load_trained(args.checkpoint, device)
     # An empty prompt starts a new document: training data has EOS between documents.
     prompt = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.eos_id]

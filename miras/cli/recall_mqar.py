@@ -56,7 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from miras.cli.eval import check_positive, resolve_device
+    from miras.cli.eval import check_positive
+    from miras.device import resolve_device
     from miras.eval.mqar import make_sweep, mqar_sweep, mqar_table
 
     check_positive(args, "layers", "heads", "test_examples", "train_examples")

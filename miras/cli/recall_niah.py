@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from miras.cli.eval import EVAL_DIR, check_positive, resolve_device
+from miras.cli.eval import EVAL_DIR, check_positive
 from miras.data.synthetic import NIAH_VARIANTS
 from miras.eval.niah import DEFAULT_VARIANTS, evaluate_niah
 
@@ -54,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from miras.device import resolve_device
     from miras.eval.plots import plot_niah_heatmap  # loads matplotlib: only when the command runs
     from miras.train.checkpoint import load_trained, resolve_checkpoint
     from miras.train.run_dir import write_text_atomic

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+
+from miras.progress import progress_bar
 
 from .corpus import CORPORA, SOTU_VAL_EVERY, load_corpus
 from .tokenizer import Tokenizer
@@ -242,7 +243,7 @@ def _write_tokens(
 ) -> tuple[int, int]:
     """Append every document's ids and an EOS to `f`; returns (tokens, documents) written."""
     num_tokens = num_docs = 0
-    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not progress) as bar:
+    with progress_bar(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not progress) as bar:
         for docs, nbytes in units:
             pieces = [piece for doc in docs for piece in _pieces(doc)]
             chars = sum(len(p) for p, _ in pieces)

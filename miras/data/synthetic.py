@@ -22,6 +22,8 @@ from typing import NamedTuple, Protocol
 import numpy as np
 import torch
 
+from miras.checks import check_int
+
 IGNORE_INDEX = -100  # label of unscored positions; torch.nn.functional.cross_entropy ignores it by default
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -126,10 +128,8 @@ def mqar_splits(
 
 
 def _check_mqar_args(num_examples: int, seq_len: int, num_kv_pairs: int, vocab_size: int, power_a: float) -> None:
-    if num_examples < 1:
-        raise ValueError(f"num_examples must be >= 1, got {num_examples}")
-    if num_kv_pairs < 1:
-        raise ValueError(f"num_kv_pairs must be >= 1, got {num_kv_pairs}")
+    check_int("num_examples", num_examples)
+    check_int("num_kv_pairs", num_kv_pairs)
     if seq_len < 4 * num_kv_pairs:
         raise ValueError(
             f"seq_len={seq_len} is too short for {num_kv_pairs} kv pairs: the prefix takes 2*num_kv_pairs tokens and "
@@ -340,8 +340,7 @@ def niah_grid(
     Each sample's seed is derived from (seed, context_len, depth, sample index), so a cell's prompts do not change
     when other lengths or depths are added to the grid.
     """
-    if samples_per_cell < 1:
-        raise ValueError(f"samples_per_cell must be >= 1, got {samples_per_cell}")
+    check_int("samples_per_cell", samples_per_cell)
     return [
         niah_sample(
             tokenizer, variant, length, depth, seed=[seed, length, round(depth * 1_000_000), i], documents=documents

@@ -32,9 +32,11 @@ from pathlib import Path
 
 import torch
 
+from miras.checks import check_int
 from miras.config import SIZES, TRANSFORMER, ModelConfig
 from miras.data import CORPORA, Tokenizer, iter_documents, load_corpus
 from miras.data.synthetic import NIAH_VARIANTS
+from miras.device import resolve_device
 from miras.models import MirasLM
 from miras.presets import PRESETS
 from miras.spec import MemorySpec
@@ -113,8 +115,7 @@ class CompareConfig:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError("device", f"{self.device!r} is not one of auto, cpu, cuda")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("device", "cuda was asked for but torch sees no CUDA device")
+        resolve_device(self.device, "device", error=ConfigError)  # refuses cuda on a machine without it
         if self.size not in SIZES:
             raise ConfigError("size", f"{self.size!r} is not one of {', '.join(SIZES)}")
         for name in ("steps", "batch_size", "eval_tokens", "mqar_seq_len", "mqar_kv_pairs", "mqar_batch_size",
@@ -224,7 +225,9 @@ def compare(
     configs = model_configs(candidates, config, tokenizer.vocab_size)  # ValueErrors of a bad candidate surface here
     for c in candidates:
         run_dir = out_dir / RUNS_DIR / c.name
-        if (run_dir / CONFIG_FILE).is_file() and read_config(run_dir)["model"] != configs[c.name].to_dict():
+        # Through ModelConfig, so that a config saved before a field existed compares with the value it implies.
+        on_disk = (run_dir / CONFIG_FILE).is_file() and ModelConfig.from_dict(read_config(run_dir)["model"]).to_dict()
+        if on_disk and on_disk != configs[c.name].to_dict():
             raise ConfigError("out", f"{run_dir} holds a different model than {c.title} is now (the matched SwiGLU "
                                      f"width depends on the whole set of models); use a new --out folder")
     for i, c in enumerate(candidates, 1):
@@ -258,7 +261,7 @@ def _run_candidate(c: Candidate, model_config: ModelConfig, config: CompareConfi
     row: dict = {"name": c.name, "label": c.title, "preset": c.preset, "value": c.value,
                  "model": model_config.to_dict(), "errors": {}}
     run_dir = out_dir / RUNS_DIR / c.name
-    device = _device(config.device)
+    device = resolve_device(config.device, "device", error=ConfigError)
     try:
         row["lm"] = _train_lm(run_dir, model_config, config, tokenizer)
         log("  LM: " + ", ".join(f"{s} ppl {e['ppl']:.2f}" for s, e in row["lm"]["ppl"].items())
@@ -499,12 +502,6 @@ def _tokens_per_second(records: Sequence[dict]) -> float:
     return tokens / seconds if seconds else 0.0
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _describe(error: BaseException) -> str:
     """One line: the exception and where in this library it was raised."""
     frames = [f for f in traceback.extract_tb(error.__traceback__) if "/miras/" in f.filename]
@@ -513,9 +510,7 @@ def _describe(error: BaseException) -> str:
 
 
 def _integer(name: str, value: object, *, low: int, unset: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or (value < low and value != unset):
-        allowed = f">= {low}" + (f" (or {unset})" if unset is not None else "")
-        raise ConfigError(name, f"must be an integer {allowed}, got {value!r}")
+    check_int(name, value, low, unset=unset, error=ConfigError)
 
 
 __all__ = ["DEFAULT_MODELS", "Candidate", "CompareConfig", "candidates_for", "compare", "model_configs",

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from miras.checks import check_int
 from miras.config import TRANSFORMER, ModelConfig
 from miras.data.synthetic import MQARBatch, mqar_splits
 from miras.eval.metrics import NLLAccumulator
@@ -356,9 +357,7 @@ def write_mqar_report(records: Sequence[dict], sweep: MQARSweep, out_dir: str | 
 
 
 def _check_positive(name: str, value: object, error: Callable[[str, str], ValueError] | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        problem = f"must be an integer >= 1, got {value!r}"
-        raise error(name, problem) if error else ValueError(f"{name} {problem}")
+    check_int(name, value, error=error)
 
 
 def _sweep_dict(sweep: MQARSweep) -> dict:

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from miras.checks import check_int
 from miras.data.corpus import CORPORA, load_corpus
 from miras.data.shards import iter_documents
 from miras.data.synthetic import NIAH_VARIANTS, NIAHSample, niah_grid, niah_match
@@ -122,10 +123,9 @@ def evaluate_niah(
         raise ValueError(f"lengths must be positive, got {lengths}")
     if any(not 0.0 <= d <= 1.0 for d in depths):
         raise ValueError(f"depths must be in [0, 1], got {depths}")
-    if max_new_tokens is not None and max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_new_tokens is not None:
+        check_int("max_new_tokens", max_new_tokens)
+    check_int("batch_size", batch_size)
     documents, haystack_name = _haystack_documents(haystack)
     if device is None:
         device = next(model.parameters()).device

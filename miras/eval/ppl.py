@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from miras.checks import check_int
 from miras.data.synthetic import IGNORE_INDEX
 from miras.data.tokenizer import Tokenizer
 from miras.eval.metrics import NLLAccumulator
@@ -75,13 +76,11 @@ def evaluate_ppl(
         without gradients, and left in the mode it was in.
     device: where the windows go; default the model's device.
     """
-    if context_len < 1:
-        raise ValueError(f"context_len must be >= 1, got {context_len}")
+    check_int("context_len", context_len)
     stride = context_len if stride is None else stride
     if not 1 <= stride <= context_len:
         raise ValueError(f"stride must be in [1, context_len={context_len}], got {stride}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_int("batch_size", batch_size)
     if isinstance(text_or_tokens, str):
         tokens = np.asarray([tokenizer.eos_id, *tokenizer.encode(text_or_tokens)], dtype=np.int64)
         num_bytes = len(text_or_tokens.encode("utf-8"))

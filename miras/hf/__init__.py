@@ -1,7 +1,7 @@
 """Hugging Face transformers integration (the optional extra `miras[hf]`); usage and design in README.md here.
 
-The names below load on first use, so that `import miras` can install the Auto-class registration (`auto.py`) without
-importing transformers; `is_hf_folder` never imports it.
+The names below load on first use, so that importing this package does not import transformers (`is_hf_folder`,
+which training uses, never does). `import miras.hf.auto` registers model_type "miras" with the Auto classes.
 """
 
 from __future__ import annotations

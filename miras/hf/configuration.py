@@ -2,8 +2,8 @@
 
 Every ModelConfig field is a field here with the same name and default, so `config.json` holds exactly what the
 native model needs; `to_model_config()` builds the ModelConfig, which validates the values (its ValueErrors name the
-field). On construction the resolved values are written back (head_dim, intermediate_size and the memory spec of the
-preset), so a saved config.json does not depend on later changes to the presets, as a run folder's does not.
+field). On construction the resolved values are written back (head_dim, intermediate_size, the memory spec and the
+gates of the preset), so a saved config.json does not depend on later changes to the presets, as a run folder's does not.
 HF's conventional `num_attention_heads` is an alias of `num_heads`.
 """
 
@@ -20,7 +20,8 @@ MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
 
 # Fields written back resolved, and the fields they are resolved from: a source overridden when loading
 # (`from_pretrained(path, preset="yaad")`) resolves them again, unless they are overridden too.
-RESOLVED_FROM = {"spec": ("preset",), "head_dim": ("hidden_size", "num_heads"), "intermediate_size": ("hidden_size",)}
+RESOLVED_FROM = {"spec": ("preset",), "eta_gate": ("preset",), "alpha_gate": ("preset",),
+                 "head_dim": ("hidden_size", "num_heads"), "intermediate_size": ("hidden_size",)}
 
 
 class MirasConfig(PreTrainedConfig):
@@ -31,6 +32,8 @@ class MirasConfig(PreTrainedConfig):
     # ModelConfig's fields and defaults (tests check the two stay in step); `spec` is MemorySpec.to_dict() or None.
     preset: str = "moneta"
     spec: dict | None = None
+    eta_gate: str | None = None
+    alpha_gate: str | None = None
     vocab_size: int = 8192
     hidden_size: int = 128
     num_hidden_layers: int = 2

@@ -3,6 +3,7 @@
 A Hugging Face folder written by `run_to_hf`:
 
     config.json, generation_config.json, model.safetensors    MirasForCausalLM.save_pretrained (keys "model.lm.*")
+    configuration_miras.py, modeling_miras.py    for trust_remote_code=True (remote_code/; config.json's auto_map)
     tokenizer_meta.json [+ tokenizer.json], tokenizer_config.json    see tokenizer.py
     miras_run.json      {"train": the run's TrainConfig, "checkpoint": its checkpoint folder's name}
 
@@ -37,6 +38,14 @@ from miras.hf.tokenizer import save_hf_tokenizer
 from miras.models import MirasLM
 
 RUN_FILE = "miras_run.json"
+# Copied into a Hugging Face folder and named by its config.json's auto_map, so that transformers loads the folder with
+# trust_remote_code=True and no `import miras.hf.auto`: plain `lm_eval --model hf`, for one.
+REMOTE_CODE_DIR = Path(__file__).with_name("remote_code")
+AUTO_MAP = {
+    "AutoConfig": "configuration_miras.MirasConfig",
+    "AutoModel": "modeling_miras.MirasModel",
+    "AutoModelForCausalLM": "modeling_miras.MirasForCausalLM",
+}
 HF_CONFIG = "config.json"
 CHECKPOINT_NAME = re.compile(r"checkpoint-\d+")
 
@@ -77,11 +86,22 @@ def run_to_hf(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
 
     def write(tmp: Path) -> None:
         model.save_pretrained(str(tmp))
+        _add_remote_code(tmp)
         save_hf_tokenizer(tokenizer, tmp)
         record = {"train": saved.get("train"), "checkpoint": checkpoint.name}
         (tmp / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
     return _write_folder(out, write)
+
+
+def _add_remote_code(folder: Path) -> None:
+    """The remote-code files and config.json's auto_map (ignored unless the loader passes trust_remote_code=True)."""
+    for name in ("configuration_miras.py", "modeling_miras.py"):
+        shutil.copyfile(REMOTE_CODE_DIR / name, folder / name)
+    config_file = folder / HF_CONFIG
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["auto_map"] = AUTO_MAP
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def hf_to_run(hf_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:

@@ -6,7 +6,7 @@
     y = chunk_miras(q, k, v, gates)       the memory op, [B, T, H, D]
     out = W_o(RMSNorm(y) ⊙ SiLU(x W_g))   per-head RMSNorm; GDN-style output gate
 
-Decisions the paper leaves open (miras-paper.md 10.1), and why:
+Decisions the paper (arXiv 2504.13173, Sec. 5.4) leaves open, and why:
 - Heads: one memory per head with key = value dim = head_dim; gates are per-head scalars (as TTT/Titans), so they
   scale whole weight gradients and never need a rule for multiplying a channel-wise rate into an MLP's matrices.
 - Gates: RWKV-7 style g = squash(b + W_up tanh(W_down x)) with rank `gate_rank`, W_up = 0 at init.
@@ -19,8 +19,9 @@ Decisions the paper leaves open (miras-paper.md 10.1), and why:
 - α starts per head with memory horizons 1/(1-α) log-spaced from 20 to 100 tokens (α ≈ 0.95 .. 0.99); θ starts at
   0.5; δ starts at 1, the per-coordinate RMS of the residual of an MLP memory with LayerNorm, so that the l1
   branch's step δ·Sign(e) has the size of the l2 branch's.
-- Presets linear_attention and retnet: η is fixed to 1 (their write is v kᵀ, unscaled); retnet's α is a learned
-  per-head constant initialized to RetNet's 1 - 2^(-5-h). All other presets use data-dependent gates.
+- ModelConfig.eta_gate = "fixed" (presets linear_attention and retnet): η is fixed to 1 (their write is v kᵀ,
+  unscaled); alpha_gate = "constant" (retnet): α is a learned per-head constant initialized to RetNet's
+  1 - 2^(-5-h). All other presets use data-dependent gates.
 - The initial memory weights are learned per head (as Titans / TTT), from `init_weights`.
 - Values are RMS-normalized (norm √D) when the memory's output passes the parameter-free LayerNorm: such a memory
   can only output vectors of norm ≈ √D (unit key + LN output), so any other value length is an error it can never
@@ -52,15 +53,16 @@ from miras.ops.state import resolve_state
 from miras.spec import MemorySpec
 
 MODES = ("chunk", "recurrent")
-FIXED_WRITE_PRESETS = ("linear_attention", "retnet")  # η ≡ 1
-CONSTANT_DECAY_PRESETS = ("retnet",)  # α is a learned per-head constant
 
 
-# The op with its chunk steps compiled, kept out of an enclosing torch.compile graph: compiling the op itself would
-# unroll its chunk loop (compile time growing with T, minutes at T=4096), while its steps (runs of 8 chunks) compile
-# once for any T. Built when a layer first turns compile_steps on (torch.compiler.disable imports dynamo: a second at
-# start-up), not in forward: dynamo would trace a cached factory there and warn that it ignores the cache.
-_COMPILED_STEPS_OP: list[Callable] = []
+@functools.cache
+def compiled_steps_op() -> Callable:
+    """The op with its chunk steps compiled, kept out of an enclosing torch.compile graph: compiling the op itself
+    would unroll its chunk loop (compile time growing with T, minutes at T=4096), while its steps (runs of 8 chunks)
+    compile once for any T. Built once, when a layer first turns compile_steps on (torch.compiler.disable imports
+    dynamo: a second), and kept on the layer: called in forward, dynamo would trace this cached factory and warn
+    that it ignores the cache."""
+    return torch.compiler.disable(functools.partial(chunk_miras, compile_steps=True))
 
 
 def use_compiled_steps(module: nn.Module) -> None:
@@ -137,8 +139,9 @@ def eta_max(spec: MemorySpec, head_dim: int) -> float:
     return 1.0 / gain
 
 
-def alpha_init(preset: str, heads: int) -> list[float]:
-    if preset in CONSTANT_DECAY_PRESETS:  # RetNet's multi-scale decays
+def alpha_init(alpha_gate: str, heads: int) -> list[float]:
+    """α's initial value per head, for ModelConfig.alpha_gate "constant" or "data_dependent"."""
+    if alpha_gate == "constant":  # RetNet's multi-scale decays
         return [1.0 - 2.0 ** (-5 - h) for h in range(heads)]
     horizons = [20.0 * 5.0 ** (h / max(heads - 1, 1)) for h in range(heads)]  # 20 .. 100 tokens
     return [1.0 - 1.0 / n for n in horizons]
@@ -168,13 +171,13 @@ class MirasLayer(nn.Module):
 
         rank = config.gate_rank
         self.eta_gate = None
-        if config.preset not in FIXED_WRITE_PRESETS:
+        if config.eta_gate == "data_dependent":
             top = eta_max(spec, D)
             self.eta_gate = Gate(hidden, H, rank, "sigmoid", [0.1 * top] * H, scale=top)
         self.alpha_gate = None
         if spec.retention != "none":
-            alpha_rank = 0 if config.preset in CONSTANT_DECAY_PRESETS else rank
-            self.alpha_gate = Gate(hidden, H, alpha_rank, "sigmoid", alpha_init(config.preset, H))
+            alpha_rank = 0 if config.alpha_gate == "constant" else rank
+            self.alpha_gate = Gate(hidden, H, alpha_rank, "sigmoid", alpha_init(config.alpha_gate, H))
         self.theta_gate = Gate(hidden, H, rank, "sigmoid", [0.5] * H) if spec.algorithm == "momentum" else None
         self.delta_gate = Gate(hidden, H, rank, "softplus", [1.0] * H) if spec.bias == "huber" else None
 
@@ -202,13 +205,11 @@ class MirasLayer(nn.Module):
         """chunk mode: run the op with compiled chunk steps (chunk_miras(compile_steps=True)), outside any enclosing
         torch.compile graph; the trainer's --compile sets it (`use_compiled_steps`). Execution only: not part of the
         config."""
-        return self._compile_steps
+        return self._compiled_op is not None
 
     @compile_steps.setter
     def compile_steps(self, on: bool) -> None:
-        if on and not _COMPILED_STEPS_OP:
-            _COMPILED_STEPS_OP.append(torch.compiler.disable(functools.partial(chunk_miras, compile_steps=True)))
-        self._compile_steps = on
+        self._compiled_op = compiled_steps_op() if on else None
 
     def allocate_cache(self, batch_size: int) -> MirasLayerCache:
         """The cache before the first token: the learned initial memory and an all-zero conv history."""
@@ -264,8 +265,8 @@ class MirasLayer(nn.Module):
         op = chunk_miras
         if self.mode == "recurrent":
             op = naive_recurrent_miras
-        elif self._compile_steps:
-            op = _COMPILED_STEPS_OP[0]
+        elif self._compiled_op is not None:
+            op = self._compiled_op
         o, state = op(
             q, k, v, eta, alpha, spec=self.spec, chunk_size=self.chunk_size, momentum=theta, delta=delta,
             initial_state=state, output_final_state=cache is not None,

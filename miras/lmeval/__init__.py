@@ -1,7 +1,7 @@
 """lm-evaluation-harness integration: the registered lm-eval model "miras" and the paper's zero-shot suite, offline.
 
-Importing this package registers the model; in a plain `lm_eval` process miras.pth does it (plugins/). Needs the
-`eval` extra: pip install 'miras[eval]'.
+Importing this package registers the model with lm-eval, so `python -m miras.lmeval --model miras` finds it; plain
+`lm_eval` does not import miras (README.md here says why). Needs the `eval` extra: pip install 'miras[eval]'.
 """
 
 from pathlib import Path

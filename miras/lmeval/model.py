@@ -26,9 +26,11 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.models.utils import Collator, normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, warning_once
-from tqdm import tqdm
 
+from miras.checks import check_int
 from miras.data import Tokenizer
+from miras.device import resolve_device
+from miras.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,8 @@ class MirasEvalLM(TemplateLM):
                 raise ValueError("max_length is required: the model has no config.max_position_embeddings")
         self._max_length = _positive_int("max_length", max_length)
         self._max_gen_toks = _positive_int("max_gen_toks", max_gen_toks)
-        self._device = _resolve_device(device)
+        # lm-eval's own command line asks for cuda:0 unless told otherwise: the CPU then, with a warning.
+        self._device = resolve_device(None if device is None else str(device), "device", cuda_fallback=True)
         self.model = model.to(self._device).eval()
         self.tokenizer = tokenizer
 
@@ -133,7 +136,7 @@ class MirasEvalLM(TemplateLM):
 
         collator = Collator(requests, sort_fn=longest_first)
         results = []
-        bar = tqdm(total=len(requests), disable=disable_tqdm, desc="loglikelihood")
+        bar = progress_bar(total=len(requests), disable=disable_tqdm, desc="loglikelihood")
         for batch in collator.get_batched(n=self.batch_size):
             inputs, continuations = [], []
             for _, context, continuation in batch:
@@ -199,7 +202,7 @@ class MirasEvalLM(TemplateLM):
             jobs.append((tokens, tuple(until), max_gen_toks))
         order = sorted(range(len(jobs)), key=lambda i: (-len(jobs[i][0]), jobs[i][1:]))
         results: list[str | None] = [None] * len(jobs)
-        bar = tqdm(total=len(jobs), disable=disable_tqdm, desc="generate_until")
+        bar = progress_bar(total=len(jobs), disable=disable_tqdm, desc="generate_until")
         for (_, until, max_gen_toks), group in itertools.groupby(
             order, key=lambda i: (len(jobs[i][0]), *jobs[i][1:])
         ):
@@ -274,24 +277,8 @@ class MirasEvalLM(TemplateLM):
 
 
 def _positive_int(name: str, value: object) -> int:
-    """lm-eval hands over command-line values as given ("8", 8, "auto"); accept only positive integers."""
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = 0
-    if isinstance(value, bool) or number < 1 or str(number) != str(value).strip():
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return number
-
-
-def _resolve_device(device: str | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        # lm-eval's own command line asks for cuda by default; `miras eval zeroshot` refuses it before this.
-        log.warning("device %s requested but CUDA is not available; using the CPU", device)
-        return torch.device("cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"device={device!r} is not a torch device (cpu, cuda, cuda:N)") from None
+    """lm-eval hands over command-line values as given ("8", 8, "auto"): an integer's text is read as the integer,
+    anything else is refused as it is."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    return check_int(name, value)

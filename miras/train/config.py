@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from miras.checks import check_int
 from miras.config import SIZES, TRANSFORMER
 from miras.data import CORPORA, DataError, resolve_files
 from miras.presets import PRESETS
@@ -243,10 +244,7 @@ def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
 
 
 def _integer(name: str, value: object, *, low: int, allow_unset: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(name, f"must be an integer, got {value!r}")
-    if value < low and not (allow_unset and value == -1):
-        raise ConfigError(name, f"must be >= {low}{' (or -1: unset)' if allow_unset else ''}, got {value}")
+    check_int(name, value, low, unset=-1 if allow_unset else None, error=ConfigError)
 
 
 def _number(

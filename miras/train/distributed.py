@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from miras.device import resolve_device
 from miras.train.config import ConfigError
 
 # Rank 0 alone trains the tokenizer and tokenizes the data (into the shared token cache) while the other ranks wait
@@ -28,15 +29,12 @@ from miras.train.config import ConfigError
 SETUP_TIMEOUT = datetime.timedelta(hours=6)
 
 
-def resolve_device(name: str, local_rank: int | None) -> torch.device:
+def process_device(name: str, local_rank: int | None) -> torch.device:
     """The device of this process: "auto" is CUDA when torch sees a GPU; in a multi-process run a CUDA process uses
     GPU `local_rank` of its node."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", "cuda was asked for but torch sees no CUDA device")
-    if name == "cpu" or local_rank is None:
-        return torch.device(name)
+    device = resolve_device(name, "device", error=ConfigError)
+    if device.type == "cpu" or local_rank is None:
+        return device
     if local_rank >= torch.cuda.device_count():
         raise ConfigError("device", f"local rank {local_rank} has no GPU of its own (torch sees "
                                     f"{torch.cuda.device_count()}); start at most that many processes per node")
@@ -59,12 +57,12 @@ class Distributed:
         """Join the process group of a torchrun launch (or one the caller already initialized)."""
         joined = dist.is_available() and dist.is_initialized()
         if not joined and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            return cls(device=resolve_device(device_name, None))
+            return cls(device=process_device(device_name, None))
         if not dist.is_available():
             raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
         # A group the caller made without torchrun's LOCAL_RANK is taken to span one node.
         local_rank = int(os.environ.get("LOCAL_RANK", dist.get_rank() if joined else "0"))
-        device = resolve_device(device_name, local_rank)
+        device = process_device(device_name, local_rank)
         if device.type == "cuda":
             torch.cuda.set_device(device)  # NCCL and the default CUDA device are this process's GPU
         if not joined:

@@ -36,6 +36,8 @@ from miras.eval.metrics import NLLAccumulator, perplexity
 from miras.layers.miras_layer import Gate, use_compiled_steps
 from miras.models import MirasLM
 from miras.ops.precision import tf32_matmuls
+from miras.ops.torch_workarounds import saved_tensors_kept
+from miras.progress import progress_bar
 from miras.train.checkpoint import load_checkpoint, resumable_checkpoint, save_checkpoint
 from miras.train.config import ConfigError, TrainConfig, changed_fields, resume_config
 from miras.train.divergence import Diverged, is_finite, skip_line, stop_line, unsaved_line, weights_finite
@@ -348,7 +350,9 @@ def train(config: TrainConfig) -> TrainResult:
         if config.tf32 and distributed.device.type != "cuda":  # checked before the process-wide flag is set
             raise ConfigError("tf32", f"TF32 matmuls are for CUDA GPUs (Ampere or newer), but the device is "
                                       f"{distributed.device}")
-        with tf32_matmuls(config.tf32):
+        # saved_tensors_kept: torch.compile gives wrong gradients with donated buffers (ops/torch_workarounds.py);
+        # the model compiles on its first call, inside the run
+        with tf32_matmuls(config.tf32), saved_tensors_kept() if config.compile else contextlib.nullcontext():
             return _train(config, distributed)
     finally:
         distributed.close()
@@ -494,7 +498,7 @@ def _run(config: TrainConfig, distributed: Distributed, locks: contextlib.ExitSt
 
     if step == 0 and config.eval_every != -1:
         pacer.eval_seconds = periodic_eval()
-    bar = tqdm(total=schedule.total, initial=step, desc="train", unit="step", disable=not (config.progress and main),
+    bar = progress_bar(total=schedule.total, initial=step, desc="train", unit="step", disable=not (config.progress and main),
                dynamic_ncols=True)
     stop = _StopRequest()  # Ctrl-C: finish the step, save, stop (README: Interrupting a run)
     try:

@@ -236,7 +236,7 @@ def test_cli_compare_and_ablate(data, tmp_path, capsys):
     assert "| q = 4 |" in printed and (out / "ablation.png").is_file()
 
     assert main(["compare", "--steps", "0", "--out", str(tmp_path / "c")]) == 2
-    assert "--steps: must be an integer >= 1" in capsys.readouterr().err
+    assert "--steps: must be >= 1, got 0" in capsys.readouterr().err
     assert main(["compare", "--models", "mamba3", "--out", str(tmp_path / "c")]) == 2
     assert "--models: unknown model" in capsys.readouterr().err
     assert main(["ablate", "moneta-p", "--values", "0.5", "--out", str(tmp_path / "c")]) == 2

@@ -2,6 +2,9 @@
 AutoModelForCausalLM / AutoTokenizer read the Hugging Face folder; bad folders fail with errors naming them."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -10,7 +13,7 @@ pytest.importorskip("transformers", reason="needs the hf extra: pip install 'mir
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-import miras  # noqa: E402, F401  (registers model_type "miras" with the Auto classes)
+import miras.hf.auto  # noqa: E402, F401  (registers model_type "miras" with the Auto classes)
 from miras.cli import main  # noqa: E402
 from miras.config import ModelConfig  # noqa: E402
 from miras.data import Tokenizer  # noqa: E402
@@ -56,6 +59,32 @@ def test_run_to_hf_to_run_round_trip(tmp_path, run, tokenizer):
     torch.testing.assert_close(logits(reloaded, ids), logits(native, ids), rtol=0, atol=0)
     assert reloaded_tokenizer.fingerprint == tokenizer.fingerprint
     assert sorted(p.name for p in tmp_path.iterdir()) == ["back", "hf", "run"]  # no temporary folder left
+
+
+def test_a_converted_folder_loads_with_trust_remote_code_and_no_import_of_miras(tmp_path, run, tokenizer):
+    """What plain `lm_eval --model hf --model_args pretrained=HF_DIR,trust_remote_code=True` does: a fresh process
+    that imports transformers only; config.json's auto_map names the folder's two small files, which take the
+    installed package's classes."""
+    hf_dir = run_to_hf(run, tmp_path / "hf")
+    assert json.loads((hf_dir / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"] == (
+        "modeling_miras.MirasForCausalLM")
+    ids = [tokenizer.encode(TEXTS[0])]
+    code = (
+        "import json, sys, torch; from transformers import AutoModelForCausalLM; "
+        f"model = AutoModelForCausalLM.from_pretrained({str(hf_dir)!r}, trust_remote_code=True).eval(); "
+        f"logits = model(torch.tensor({ids})).logits; "
+        "bases = [f'{c.__module__}.{c.__name__}' for c in type(model).__mro__]; "
+        "print(json.dumps([bases, 'miras.hf.auto' in sys.modules, logits.tolist()]))"
+    )
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    bases, registered, remote_logits = json.loads(done.stdout.splitlines()[-1])
+    assert "miras.hf.modeling.MirasForCausalLM" in bases and not registered
+    native, _ = load_trained(run)
+    torch.testing.assert_close(torch.tensor(remote_logits), logits(native, torch.tensor(ids)), rtol=0, atol=1e-6)
+    # With model_type "miras" registered (import miras.hf.auto), the folder loads as before, without remote code.
+    assert type(AutoModelForCausalLM.from_pretrained(hf_dir)) is MirasForCausalLM
 
 
 def test_cli_converts_both_ways_and_reports_bad_folders(tmp_path, run, capsys):

@@ -3,6 +3,7 @@ generate() whose cached decoding equals recomputing the whole sequence, constant
 errors for what a recurrent memory cannot do, and save / load through the Auto classes."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -12,7 +13,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache  # noqa: E402
 
-import miras  # noqa: E402, F401  (registers model_type "miras" with the Auto classes)
+import miras.hf.auto  # noqa: E402, F401  (registers model_type "miras" with the Auto classes)
 from miras import presets  # noqa: E402
 from miras.config import ModelConfig  # noqa: E402
 from miras.hf import MirasConfig, MirasForCausalLM, MirasHFCache, MirasModel  # noqa: E402
@@ -229,6 +230,19 @@ def test_loading_with_overrides_resolves_again(tmp_path):
     assert AutoConfig.from_pretrained(tmp_path, eos_token_id=3).spec["retention"] == "lq"
     with pytest.raises(ValueError, match="ModelConfig.num_heads=0"):
         AutoConfig.from_pretrained(tmp_path, num_heads=0)
+    retnet = AutoConfig.from_pretrained(tmp_path, preset="retnet")  # a new preset brings its own gates too
+    assert (retnet.eta_gate, retnet.alpha_gate) == ("fixed", "constant")
+
+
+def test_a_config_json_from_before_the_gate_fields_loads_with_the_presets_gates(tmp_path):
+    MirasConfig.from_model_config(model_config(preset="retnet")).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for name in ("eta_gate", "alpha_gate"):
+        del saved[name]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert (config.eta_gate, config.alpha_gate) == ("fixed", "constant")
+    assert config.to_model_config().to_dict() == model_config(preset="retnet").to_dict()
 
 
 def test_config_mirrors_model_config():

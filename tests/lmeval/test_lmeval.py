@@ -208,21 +208,31 @@ def offline_env() -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-# lm-eval's own executable finds "miras" through miras.pth (plugins/); `python -m miras.lmeval` registers it itself.
+# `python -m miras.lmeval` is lm-eval's command line after importing miras: it knows lm-eval's model "miras" (a run
+# folder) and, through transformers' Auto classes, `--model hf` on a folder from `miras convert to-hf`. Plain `lm_eval`
+# imports no miras: `--model hf` loads a converted folder through its remote-code files (trust_remote_code=True).
 LM_EVAL_COMMANDS = {
-    "lm_eval": [str(Path(sys.executable).with_name("lm_eval"))],
-    "python -m miras.lmeval": [sys.executable, "-m", "miras.lmeval"],
+    "miras": ([sys.executable, "-m", "miras.lmeval"], "miras", ""),
+    "hf": ([sys.executable, "-m", "miras.lmeval"], "hf", ""),
+    "plain lm_eval, hf": ([str(Path(sys.executable).with_name("lm_eval"))], "hf", ",trust_remote_code=True"),
 }
 
 
 @pytest.mark.parametrize("launcher", LM_EVAL_COMMANDS)
 def test_lm_eval_command_line(run_dir, tmp_path, launcher):
+    executable, model, extra_args = LM_EVAL_COMMANDS[launcher]
+    pretrained = run_dir
+    if model == "hf":
+        from miras.hf.convert import run_to_hf
+
+        pretrained = run_to_hf(run_dir, tmp_path / "hf")
     command = [
-        *LM_EVAL_COMMANDS[launcher], "--model", "miras", "--model_args", f"pretrained={run_dir}",
+        *executable, "--model", model, "--model_args", f"pretrained={pretrained}{extra_args}",
         "--tasks", "test_choice", "--include_path", str(FIXTURES), "--limit", "3", "--batch_size", "2",
         "--device", "cpu", "--output_path", str(tmp_path / "out"),
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, env=offline_env(), timeout=300)
+    env = {**offline_env(), "HF_MODULES_CACHE": str(tmp_path / "modules")}  # where remote code is copied to
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "test_choice" in done.stdout and "acc_norm" in done.stdout
     (result_file,) = (tmp_path / "out").rglob("results_*.json")

@@ -146,6 +146,31 @@ def test_config_round_trip():
     assert ModelConfig(preset="transformer").to_dict()["spec"] is None
 
 
+def test_gates_are_saved_fields_so_retnet_and_mamba2_differ():
+    """retnet and mamba2 share a MemorySpec; their gates tell them apart, in the saved config too."""
+    retnet, mamba2 = (ModelConfig(preset=name).to_dict() for name in ("retnet", "mamba2"))
+    assert retnet["spec"] == mamba2["spec"] and retnet != mamba2
+    assert (retnet["eta_gate"], retnet["alpha_gate"]) == ("fixed", "constant")
+    assert (mamba2["eta_gate"], mamba2["alpha_gate"]) == ("data_dependent", "data_dependent")
+    # The gates are set by the fields, not by the preset's name: moneta's name with RetNet's spec and gates is RetNet.
+    as_retnet = ModelConfig(preset="moneta", spec=presets.retnet(), eta_gate="fixed", alpha_gate="constant")
+    assert {k: v for k, v in as_retnet.to_dict().items() if k != "preset"} == {
+        k: v for k, v in retnet.items() if k != "preset"}
+    assert ModelConfig(preset="transformer").to_dict()["eta_gate"] is None
+
+
+@pytest.mark.parametrize("preset", ["retnet", "mamba2", "linear_attention", "moneta"])
+def test_a_config_saved_before_the_gate_fields_loads_with_the_gates_it_had(preset):
+    """A run folder's config.json from before eta_gate / alpha_gate: the preset implied the gates."""
+    old = {k: v for k, v in ModelConfig.from_size("tiny", preset=preset).to_dict().items()
+           if k not in ("eta_gate", "alpha_gate")}
+    loaded = ModelConfig.from_dict(json.loads(json.dumps(old)))
+    assert loaded.to_dict() == ModelConfig.from_size("tiny", preset=preset).to_dict()
+    layer = MirasLM(loaded).layers[0].mixer
+    assert (layer.eta_gate is None) == (preset in ("retnet", "linear_attention"))
+    assert (layer.alpha_gate is not None and layer.alpha_gate.up is None) == (preset == "retnet")
+
+
 @pytest.mark.parametrize("name", sorted(SIZES))
 def test_sizes(name):
     config = ModelConfig.from_size(name, preset="titans")
@@ -173,6 +198,9 @@ def test_paper_sizes():
         (dict(preset="transformer", hybrid_attention_every=2), "hybrid_attention_every"),
         (dict(preset="transformer", spec=presets.moneta()), "spec"),
         (dict(spec="moneta"), "spec"),
+        (dict(eta_gate="learned"), "eta_gate"),
+        (dict(alpha_gate="fixed"), "alpha_gate"),
+        (dict(preset="transformer", alpha_gate="constant"), "alpha_gate"),
     ],
 )
 def test_config_validation(fields, field):
