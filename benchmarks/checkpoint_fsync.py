@@ -23,7 +23,7 @@ import miras.io_atomic as io_atomic
 from miras.config import ModelConfig
 from miras.models import MirasLM
 from miras.train import save_checkpoint
-from miras.train.loop import WarmupCosine, param_groups
+from miras.train.optim import WarmupCosine, param_groups
 
 
 def main() -> None:

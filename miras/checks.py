@@ -1,8 +1,11 @@
 """`check_int`: the one check of an integer argument or field (a count, a size, a seed), with one wording for every
-command, config and function: "<name> must be >= 1, got 0", "<name> must be an integer, got 2.5"."""
+command, config and function: "<name> must be >= 1, got 0", "<name> must be an integer, got 2.5". `positive_int` and
+`nonnegative_int` are the same check as argparse types: a bad number is refused by the parser, naming the flag
+("argument --batch: must be >= 1, got 0"), before anything runs."""
 
 from __future__ import annotations
 
+import argparse
 from typing import Callable
 
 
@@ -31,3 +34,24 @@ def check_int(
         return value
     problem += f", got {value!r}"
     raise error(name, problem) if error is not None else ValueError(f"{name} {problem}")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _at_least(text, 0)
+
+
+def _at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    problem = int_problem(value, low)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{problem}, got {value}")
+    return value

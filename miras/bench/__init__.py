@@ -21,7 +21,7 @@ from miras import presets
 from miras.bench import fidelity, model, ops
 from miras.bench.report import say, write_all
 from miras.bench.timing import Settings
-from miras.cli.argtypes import nonnegative_int, positive_int
+from miras.checks import nonnegative_int, positive_int
 from miras.device import resolve_device
 from miras.ops.precision import tf32_matmuls
 

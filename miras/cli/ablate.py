@@ -1,5 +1,5 @@
 """`miras ablate {moneta-p,moneta-q,yaad}`: the paper's ablations (Fig. 4, Table 4) under `miras compare`'s budget
-(`miras.eval.ablate`). Perplexity only by default (the paper's ablation metric is language modelling); MQAR and NIAH
+(`miras.experiments.ablate`). Perplexity only by default (the paper's ablation metric is language modelling); MQAR and NIAH
 columns are added with --mqar-steps N / --niah-samples N.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from miras.cli.compare import add_budget_flags
-    from miras.eval.ablate import DEFAULT_VALUES, STUDIES
+    from miras.experiments.ablate import DEFAULT_VALUES, STUDIES
 
     parser = subparsers.add_parser(
         "ablate", help="ablations: Moneta's p or q, or Yaad's components, under one budget",
@@ -32,15 +32,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def ablation_defaults():
     """compare's budget without MQAR and NIAH."""
-    from miras.eval.compare import CompareConfig
+    from miras.experiments.compare import CompareConfig
 
     return dataclasses.replace(CompareConfig(), mqar_steps=0, niah_samples=0)
 
 
 def run(args: argparse.Namespace) -> int:
     from miras.cli.compare import budget_from_args
-    from miras.eval.ablate import ablate
-    from miras.eval.compare import TABLE_FILE
+    from miras.experiments.ablate import ablate
+    from miras.experiments.compare import TABLE_FILE
 
     out = args.out or f"runs/ablate-{args.study}"
     rows = ablate(args.study, budget_from_args(args, ablation_defaults()), out, args.values)

@@ -1,5 +1,5 @@
 """`miras compare`: train several models under one parameter and token budget and tabulate perplexity, MQAR and NIAH
-accuracy, parameters and throughput (`miras.eval.compare`).
+accuracy, parameters and throughput (`miras.experiments.compare`).
 
 The budget flags (one per CompareConfig field, `--mqar-steps` is `mqar_steps`) are shared with `miras ablate`.
 """
@@ -72,7 +72,7 @@ def budget_from_args(args: argparse.Namespace, defaults):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from miras.eval.compare import DEFAULT_MODELS, MODELS, CompareConfig
+    from miras.experiments.compare import DEFAULT_MODELS, MODELS, CompareConfig
 
     parser = subparsers.add_parser(
         "compare", help="train several models under one budget; one table of ppl, MQAR, NIAH, params, tokens/s",
@@ -90,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from miras.eval.compare import TABLE_FILE, CompareConfig, candidates_for, compare
+    from miras.experiments.compare import TABLE_FILE, CompareConfig, candidates_for, compare
 
     config = budget_from_args(args, CompareConfig())
     rows = compare(candidates_for(args.models), config, args.out, title="Comparison under one budget")

@@ -82,10 +82,11 @@ def run_ppl(args: argparse.Namespace) -> int:
 
     from miras.data import held_out_split, token_stream
     from miras.device import resolve_device
-    from miras.eval.plots import plot_position_loss
     from miras.eval.ppl import evaluate_ppl
-    from miras.train.checkpoint import load_trained, resolve_checkpoint
-    from miras.train.run_dir import read_config, write_text_atomic
+    from miras.io_atomic import write_text_atomic
+    from miras.plots import plot_position_loss
+    from miras.run.checkpoint import load_trained, resolve_checkpoint
+    from miras.run.folder import read_config
 
     check_positive(args, "context_len", "stride", "max_tokens", "batch_size")
     device = resolve_device(args.device)

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     from miras.checks import check_int
     from miras.device import resolve_device
-    from miras.train.checkpoint import load_trained
+    from miras.run.checkpoint import load_trained
 
     check_int("--max-new-tokens", args.max_new_tokens, low=0)
     check_int("--num-samples", args.num_samples)

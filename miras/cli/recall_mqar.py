@@ -21,7 +21,7 @@ DEFAULT_LRS = (1e-3,)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from miras.eval.mqar import MODELS
+    from miras.experiments.mqar import MODELS
 
     parser = subparsers.add_parser(
         "mqar", help="multi-query associative recall: accuracy vs model width (zoology's sweep)",
@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from miras.cli.eval import check_positive
     from miras.device import resolve_device
-    from miras.eval.mqar import make_sweep, mqar_sweep, mqar_table
+    from miras.experiments.mqar import make_sweep, mqar_sweep, mqar_table
 
     check_positive(args, "layers", "heads", "test_examples", "train_examples")
     sweep, skipped = make_sweep(

@@ -55,9 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from miras.device import resolve_device
-    from miras.eval.plots import plot_niah_heatmap  # loads matplotlib: only when the command runs
-    from miras.train.checkpoint import load_trained, resolve_checkpoint
-    from miras.train.run_dir import write_text_atomic
+    from miras.io_atomic import write_text_atomic
+    from miras.plots import plot_niah_heatmap  # loads matplotlib: only when the command runs
+    from miras.run.checkpoint import load_trained, resolve_checkpoint
 
     check_positive(args, "samples", "max_new_tokens", "batch_size")
     device = resolve_device(args.device)

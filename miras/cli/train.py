@@ -11,7 +11,7 @@ import dataclasses
 import sys
 import time
 
-from miras.train.config import RESUMABLE, TrainConfig
+from miras.train.config import DEFAULT_MINUTES, RESUMABLE, TrainConfig
 
 # field -> help, in groups; every TrainConfig field appears exactly once (tests check it).
 GROUPS: dict[str, dict[str, str]] = {
@@ -39,7 +39,7 @@ GROUPS: dict[str, dict[str, str]] = {
         "lr": "peak learning rate (AdamW)",
         "min_lr_ratio": "final learning rate as a fraction of --lr (cosine decay)",
         "warmup_steps": "linear warm-up steps",
-        "max_steps": "optimizer steps (-1: as many as fit in --max-minutes)",
+        "max_steps": "optimizer steps (-1, the default: as many as fit in --max-minutes)",
         "max_minutes": "training time budget, evaluations included; the speed of the first steps sets the step "
         "count, at most --max-steps (-1: no budget; default: 8 without --max-steps, no budget with it)",
         "weight_decay": "AdamW weight decay on weight matrices (none on norms, gates, biases, initial memory)",
@@ -97,7 +97,15 @@ def run(args: argparse.Namespace) -> int:
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items() if k in names}
-    config = resume_config(given["resume"], **given) if given.get("resume") else TrainConfig(**given)
+    if given.get("resume"):
+        config = resume_config(given["resume"], **given)
+    else:
+        # The command's default is a time budget (TrainConfig's is a step count): with neither flag, 8 minutes.
+        given.setdefault("max_steps", -1)
+        if given["max_steps"] == -1:
+            given.setdefault("max_minutes", DEFAULT_MINUTES)
+        config = TrainConfig(**given)
+        config = config.replace(model=config.resolved_model())  # the preset at its size, as a ModelConfig
     start = time.perf_counter()
     try:
         result = train(config)

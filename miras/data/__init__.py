@@ -9,9 +9,9 @@ from .shards import (
     iter_documents,
     read_documents,
     resolve_files,
-    sequential_batches,
     token_stream,
     tokenize_files,
+    window_tokens,
 )
 from .tokenizer import EOS_TOKEN, Tokenizer
 
@@ -28,7 +28,7 @@ __all__ = [
     "load_corpus",
     "read_documents",
     "resolve_files",
-    "sequential_batches",
     "token_stream",
     "tokenize_files",
+    "window_tokens",
 ]

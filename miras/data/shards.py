@@ -305,19 +305,11 @@ class TokenBatches:
         """(input_ids, labels), both int64 [B, T]; labels are the inputs shifted left by one token."""
         rng = np.random.default_rng((self.seed, step))
         starts = rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size)  # window = T + 1 tokens
-        return _windows(self.tokens, starts, self.seq_len)
+        return window_tokens(self.tokens, starts, self.seq_len)
 
 
-def sequential_batches(
-    tokens: np.ndarray, batch_size: int, seq_len: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Evaluation batches: windows i = tokens[i*T : i*T + T + 1] for i < (N - 1) // T, in order, so each token after the
-    first is predicted exactly once; a trailing partial window is dropped and the last batch may have fewer rows."""
-    num_windows = (len(tokens) - 1) // seq_len
-    for lo in range(0, num_windows, batch_size):
-        yield _windows(tokens, np.arange(lo, min(lo + batch_size, num_windows)) * seq_len, seq_len)
-
-
-def _windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def window_tokens(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, labels) [len(starts), seq_len] int64 of the (seq_len + 1)-token windows at `starts`; labels are
+    the inputs shifted left by one token. The one window reader: training batches and evaluation use it."""
     rows = tokens[starts[:, None] + np.arange(seq_len + 1)].astype(np.int64)  # [B, T + 1]
     return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())  # contiguous, own memory

@@ -1,7 +1,7 @@
-"""Evaluation: metrics (`miras.eval.metrics`) and figures (`miras.eval.plots`, imported on demand: it loads
+"""Evaluation: metrics (`miras.metrics`) and figures (`miras.plots`, imported on demand: it loads
 matplotlib)."""
 
-from miras.eval.metrics import (
+from miras.metrics import (
     NLLAccumulator,
     bits_per_byte,
     per_position_loss,

@@ -76,7 +76,7 @@ class NIAHResult:
     haystack: str
 
     def grid(self, variant: str) -> dict[tuple[int, float], float]:
-        """(length, depth) -> accuracy of one variant, the input of `miras.eval.plots.plot_niah_heatmap`."""
+        """(length, depth) -> accuracy of one variant, the input of `miras.plots.plot_niah_heatmap`."""
         if variant not in self.variants:
             raise ValueError(f"variant {variant!r} was not evaluated; evaluated: {self.variants}")
         return {(c.length, c.depth): c.accuracy for c in self.cells if c.variant == variant}

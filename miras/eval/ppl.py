@@ -27,7 +27,7 @@ from torch import nn
 from miras.checks import check_int
 from miras.data.synthetic import IGNORE_INDEX
 from miras.data.tokenizer import Tokenizer
-from miras.eval.metrics import NLLAccumulator
+from miras.metrics import NLLAccumulator
 
 
 @dataclass(frozen=True)

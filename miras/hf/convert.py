@@ -68,8 +68,8 @@ def load_hf(path: str | os.PathLike) -> tuple[MirasForCausalLM, Tokenizer]:
 
 def run_to_hf(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """A run folder (its latest checkpoint) or one of its checkpoint folders -> a new Hugging Face folder."""
-    from miras.train.checkpoint import load_model_weights, resolve_checkpoint  # the trainer loads only when needed
-    from miras.train.run_dir import TOKENIZER_DIR, read_config
+    from miras.run.checkpoint import load_model_weights, resolve_checkpoint
+    from miras.run.folder import TOKENIZER_DIR, read_config
 
     out = _new_folder(out_dir)
     run_dir, checkpoint = resolve_checkpoint(run_dir)
@@ -106,9 +106,9 @@ def _add_remote_code(folder: Path) -> None:
 
 def hf_to_run(hf_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """A Hugging Face folder of a Miras model (with the miras tokenizer files) -> a new run folder."""
-    from miras.train.checkpoint import LATEST, MODEL_FILE, checkpoint_name
+    from miras.run.checkpoint import LATEST, MODEL_FILE, checkpoint_name
+    from miras.run.folder import TOKENIZER_DIR, write_config
     from miras.train.config import TrainConfig
-    from miras.train.run_dir import TOKENIZER_DIR, write_config
 
     out = _new_folder(out_dir)
     model, tokenizer = load_hf(hf_dir)
@@ -187,7 +187,7 @@ def _new_folder(out_dir: str | os.PathLike) -> Path:
 def _write_folder(out: Path, write) -> Path:
     """Run write(tmp) on a fresh temporary folder next to `out`, then rename it to `out` (which fails, rather than
     merging, if another process has filled `out` meanwhile)."""
-    from miras.train.run_dir import as_umask_allows
+    from miras.run.folder import as_umask_allows
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"

@@ -46,6 +46,7 @@ from torch import nn
 from miras.config import ModelConfig
 from miras.layers.conv import ShortConvolution
 from miras.layers.rope import RotaryEmbedding
+from miras.layers.weight_decay import no_weight_decay
 from miras.memory.architecture import init_weights, weight_shapes
 from miras.ops import MirasState, chunk_miras, naive_recurrent_miras, recurrent_step
 from miras.ops.precision import compute_dtype
@@ -99,6 +100,9 @@ class Gate(nn.Module):
         self.down = nn.Linear(hidden, rank, bias=False) if rank else None
         self.up = nn.Linear(rank, heads, bias=False) if rank else None
         self.bias = nn.Parameter(torch.empty(heads))
+        # No weight decay on any of it: the bias sets the gate's initial value (decay would pull every gate to
+        # squash(0)), and the low-rank map starts at zero by design.
+        no_weight_decay(*self.parameters())
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -184,6 +188,7 @@ class MirasLayer(nn.Module):
         shapes = weight_shapes(spec, D, D)  # raises for an impossible memory (e.g. residual with K != V)
         self.memory_init = nn.ParameterList([nn.Parameter(torch.empty(H, o, i)) for o, i in shapes])
         self.o_norm = nn.RMSNorm(D, eps=config.norm_eps)
+        no_weight_decay(*self.memory_init, self.o_norm.weight)  # the initial memory is a state, not a map
         self.g_proj = nn.Linear(hidden, H * D, bias=False)
         self.o_proj = nn.Linear(H * D, hidden, bias=False)
         self.reset_parameters()

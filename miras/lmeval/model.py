@@ -50,7 +50,7 @@ def load_model_and_tokenizer(path: str | Path) -> tuple[torch.nn.Module, Tokeniz
 
         model, tokenizer = load_hf(path)
         return model.lm, tokenizer
-    from miras.train.checkpoint import load_trained  # the training package is not needed to build an LM in memory
+    from miras.run.checkpoint import load_trained
 
     return load_trained(path)
 

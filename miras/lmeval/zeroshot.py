@@ -18,7 +18,7 @@ from pathlib import Path
 from lm_eval import simple_evaluate
 from lm_eval.tasks import TaskManager
 
-from miras.cli.argtypes import positive_int
+from miras.checks import positive_int
 from miras.device import resolve_device
 from miras.lmeval import TASKS_DIR
 from miras.lmeval.model import MirasEvalLM

@@ -20,6 +20,7 @@ from torch import nn
 
 from miras.config import TRANSFORMER, ModelConfig
 from miras.layers import Attention, MirasLayer
+from miras.layers.weight_decay import no_weight_decay
 from miras.models.cache import LayerCache, MirasCache
 
 
@@ -57,6 +58,7 @@ class Block(nn.Module):
             self.mixer = MirasLayer(config, layer_idx, mode)
         self.mlp_norm = nn.RMSNorm(config.hidden_size, eps=config.norm_eps)
         self.mlp = SwiGLU(config)
+        no_weight_decay(self.mixer_norm.weight, self.mlp_norm.weight)
 
     @property
     def residual_projections(self) -> list[nn.Linear]:
@@ -87,6 +89,7 @@ class MirasLM(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Block(config, i, mode) for i in range(config.num_hidden_layers))
         self.norm = nn.RMSNorm(config.hidden_size, eps=config.norm_eps)
+        no_weight_decay(self.norm.weight)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight

@@ -6,7 +6,9 @@
 from miras.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from miras.train.config import ConfigError, TrainConfig, resume_config
 from miras.train.divergence import Diverged
-from miras.train.loop import TrainResult, evaluate, train, train_step
+from miras.train.evaluation import evaluate
+from miras.train.loop import TrainResult, train
+from miras.train.step import train_step
 
 __all__ = [
     "CheckpointError",

@@ -1,4 +1,4 @@
-"""Checkpoints in safe formats only: nothing is unpickled when loading, so a checkpoint from anywhere cannot run code.
+"""Writing and restoring training checkpoints, in safe formats only: nothing is unpickled when loading, so a checkpoint from anywhere cannot run code.
 
 A run folder holds at most one complete checkpoint, named by its step, and a `latest` pointer:
 
@@ -28,13 +28,25 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model, save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from miras.config import ModelConfig
-from miras.data import Tokenizer
 from miras.io_atomic import publish_folder, write_text_atomic
-from miras.models import MirasLM
+from miras.run.checkpoint import (  # noqa: F401  (the readers are re-exported: older code imports them here)
+    LATEST,
+    MODEL_FILE,
+    STATE_JSON,
+    STATE_TENSORS,
+    TMP_DIR,
+    CheckpointError,
+    checkpoint_name,
+    latest_checkpoint,
+    load_model_weights,
+    load_trained,
+    resolve_checkpoint,
+    resumable_checkpoint,
+)
+from miras.run.folder import as_umask_allows
 from miras.train.distributed import (
     full_model_state,
     full_optimizer_state,
@@ -42,21 +54,6 @@ from miras.train.distributed import (
     load_full_state,
     tied_aliases,
 )
-from miras.train.run_dir import TOKENIZER_DIR, as_umask_allows, read_config
-
-LATEST = "latest"
-TMP_DIR = "checkpoint-tmp"
-MODEL_FILE = "model.safetensors"
-STATE_TENSORS = "train_state.safetensors"
-STATE_JSON = "train_state.json"
-
-
-class CheckpointError(ValueError):
-    """A run folder without a usable checkpoint; the message names the folder."""
-
-
-def checkpoint_name(step: int) -> str:
-    return f"checkpoint-{step:07d}"
 
 
 def save_checkpoint(
@@ -108,73 +105,14 @@ def _write_checkpoint(run_dir: Path, final: Path, model: nn.Module, model_state:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path:
-    """The checkpoint folder `latest` names; CheckpointError if there is none."""
-    run_dir = Path(run_dir)
-    pointer = run_dir / LATEST
-    if not pointer.is_file():
-        raise CheckpointError(f"{run_dir}: no checkpoint to resume from (no '{LATEST}' file); the run stopped before "
-                              "its first save: delete the folder to start it again")
-    path = run_dir / pointer.read_text(encoding="utf-8").strip()
-    if not (path / MODEL_FILE).is_file():
-        raise CheckpointError(f"{run_dir}: '{LATEST}' names {path.name}, which has no {MODEL_FILE}")
-    return path
 
 
-def resumable_checkpoint(run_dir: str | os.PathLike) -> Path:
-    """The checkpoint a resume continues from: the latest, with its optimizer and scheduler state; CheckpointError
-    if there is none (a run converted from a Hugging Face folder has weights only)."""
-    path = latest_checkpoint(run_dir)
-    missing = [name for name in (STATE_JSON, STATE_TENSORS) if not (path / name).is_file()]
-    if missing:
-        raise CheckpointError(f"{path}: no training state ({', '.join(missing)} missing), so the run cannot be resumed; "
-                              "a run converted from a Hugging Face folder has weights only: train a new run from it "
-                              "instead")
-    return path
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path]:
-    """A run folder (its latest checkpoint) or a checkpoint folder inside one -> (run folder, checkpoint folder)."""
-    from miras.hf import is_hf_folder  # never imports transformers
-
-    path = Path(path)
-    if is_hf_folder(path):
-        raise CheckpointError(f"{path}: a Hugging Face folder, not a run folder; load it with transformers, or convert "
-                              f"it first: miras convert from-hf {path} RUN_FOLDER")
-    if (path / MODEL_FILE).is_file():
-        return path.parent, path
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: no such run or checkpoint folder")
-    return path, latest_checkpoint(path)
 
 
-def load_model_weights(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Load a checkpoint's weights (a run folder's latest, or a checkpoint folder's) into `model`, strictly.
-    Returns the checkpoint folder."""
-    _, path = resolve_checkpoint(path)
-    device = next(model.parameters()).device
-    try:
-        load_model(model, str(path / MODEL_FILE), strict=True, device=str(device))
-    except SafetensorError as e:
-        raise CheckpointError(f"{path / MODEL_FILE}: not a readable safetensors file ({e}); the checkpoint is damaged") from None
-    except RuntimeError as e:  # names the missing / unexpected / mis-shaped tensors
-        raise CheckpointError(f"{path / MODEL_FILE} does not fit this model: {e}") from None
-    return path
 
 
-def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MirasLM, Tokenizer]:
-    """A trained model (eval mode) and its tokenizer from a run folder or one of its checkpoint folders."""
-    run_dir, checkpoint = resolve_checkpoint(path)
-    if not (run_dir / TOKENIZER_DIR).is_dir():
-        raise CheckpointError(f"{run_dir}: no {TOKENIZER_DIR}/ folder; a run folder holds the tokenizer its model was "
-                              "trained with")
-    try:
-        model_config = ModelConfig.from_dict(read_config(run_dir)["model"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{run_dir / 'config.json'}: no valid model config ({type(e).__name__}: {e})") from None
-    model = MirasLM(model_config).to(device)
-    load_model_weights(model, checkpoint)
-    return model.eval(), Tokenizer.load(run_dir / TOKENIZER_DIR)
 
 
 def load_checkpoint(

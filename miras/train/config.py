@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from miras.checks import check_int
-from miras.config import SIZES, TRANSFORMER
+from miras.config import SIZES, TRANSFORMER, ModelConfig
 from miras.data import CORPORA, DataError, resolve_files
 from miras.presets import PRESETS
-from miras.train.run_dir import read_config
+from miras.run.folder import read_config
 
 TOKENIZERS = ("bpe", "gpt2")
 DEVICES = ("auto", "cpu", "cuda")
@@ -26,7 +26,7 @@ PARALLEL = ("ddp", "fsdp")  # how several processes (torchrun) split the work; s
 # ModelConfig fields the trainer can override on top of a named size (-1: keep the size's value).
 MODEL_OVERRIDES = ("hidden_size", "num_hidden_layers", "num_heads", "head_dim", "chunk_size")
 PATH_FIELDS = ("data", "val_data", "cache_dir")  # data specs and folders, stored as absolute paths
-DEFAULT_MINUTES = 8.0  # the time budget of a run given neither max_steps nor max_minutes
+DEFAULT_MINUTES = 8.0  # `miras train`'s time budget when given neither --max-steps nor --max-minutes (cli/train.py)
 # Fields a resumed run may change: they stop, place or report the run but do not change what it computes.
 # max_skipped_steps only decides when non-finite steps stop the run: a run stopped by a one-off overflow can be
 # resumed with a larger value to get past it (divergence.py).
@@ -44,10 +44,14 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
-    """A training run. Defaults train a tiny Moneta on the embedded State of the Union corpus in about 8 minutes
-    on 2 CPU cores."""
+    """A training run. Defaults train a tiny Moneta on the embedded State of the Union corpus for max_steps=1000 steps
+    (about 12 minutes on 2 CPU cores); the `miras train` command without --max-steps or --max-minutes trains for an
+    8-minute budget instead (DEFAULT_MINUTES)."""
 
-    # Model: a preset (memory design) at a named size, with a few dimensions overridable.
+    # Model: `model`, a ModelConfig (any design: an ablation's MemorySpec, a matched MLP width, ...), or else a preset
+    # (memory design) at a named size with a few dimensions overridable. Either way the vocabulary is the tokenizer's.
+    # config.json keeps the model apart, under "model"; `model` itself is not saved here.
+    model: ModelConfig | None = None
     preset: str = "moneta"
     size: str = "tiny"
     hidden_size: int = -1
@@ -61,15 +65,14 @@ class TrainConfig:
     # itself its held-out last 5%, any other path all of it. Empty: [data, "wiki"].
     data: str = "sotu"
     val_data: tuple[str, ...] = ()
-    tokenizer: str = "bpe"
+    tokenizer: str = "bpe"  # bpe, gpt2, or a saved tokenizer folder (several runs sharing one, as compare does)
     vocab_size: int = 8192  # of the BPE (ignored for gpt2): trained on sotu's training addresses, or on every
     # document of a --data spec, its held-out 5% included (that split is only known in tokens)
     cache_dir: str = ""  # token cache; "" = ~/.cache/miras/tokens
 
     # Optimization. One step = grad_accum micro-batches of batch_size x seq_len tokens (-1 seq_len: the size's
-    # max_position_embeddings). The step budget is max_steps, or what fits in max_minutes of training (measured),
-    # whichever is smaller; max_minutes unset (None) is 8 without max_steps and no budget with it, so a given step
-    # count is what runs. batch_size is global: with N processes (torchrun) each trains on batch_size / N of the
+    # max_position_embeddings). The step budget is max_steps, or what fits in max_minutes of training (measured,
+    # miras/train/pace.py), whichever is smaller; -1 disables either (not both). No time budget unless asked for. batch_size is global: with N processes (torchrun) each trains on batch_size / N of the
     # sequences, so a run computes the same steps on any number of processes.
     seq_len: int = -1
     batch_size: int = 8
@@ -77,8 +80,8 @@ class TrainConfig:
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at the last step
     warmup_steps: int = 50
-    max_steps: int = -1
-    max_minutes: float | None = None  # -1: no time budget; None: 8 when max_steps is -1, else -1
+    max_steps: int = 1000
+    max_minutes: float = -1  # -1: no time budget
     weight_decay: float = 0.1  # matrices only: none on norms, gates, biases and the learned initial memory
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0  # -1: no clipping
@@ -108,14 +111,16 @@ class TrainConfig:
     parallel: str = "ddp"  # with several processes: "ddp" (replicas) or "fsdp" (FSDP2, sharded); see distributed.py
 
     def __post_init__(self) -> None:
-        if self.max_minutes is None:
-            self.max_minutes = DEFAULT_MINUTES if self.max_steps == -1 else -1
         for name in PATH_FIELDS:  # kept absolute, so that a run resumes and evaluates from any working directory
             setattr(self, name, _absolute_paths(name, getattr(self, name)))
         self.betas = tuple(self.betas)
         _choice("preset", self.preset, (*PRESETS, TRANSFORMER))
         _choice("size", self.size, tuple(SIZES))
-        _choice("tokenizer", self.tokenizer, TOKENIZERS)
+        if self.tokenizer not in TOKENIZERS and not (Path(self.tokenizer) / "tokenizer_meta.json").is_file():
+            raise ConfigError("tokenizer", f"{self.tokenizer!r} is not one of {', '.join(TOKENIZERS)} or a saved "
+                                           f"tokenizer folder")
+        if self.model is not None and not isinstance(self.model, ModelConfig):
+            raise ConfigError("model", f"must be a ModelConfig (or None), got {type(self.model).__name__}")
         _choice("device", self.device, DEVICES)
         _choice("dtype", self.dtype, DTYPES)
         _choice("parallel", self.parallel, PARALLEL)
@@ -168,18 +173,26 @@ class TrainConfig:
     def model_overrides(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in MODEL_OVERRIDES if getattr(self, name) != -1}
 
+    def resolved_model(self) -> ModelConfig:
+        """`model`, or the preset at its size with the overrides (vocab_size: the BPE's; the trainer sets the
+        tokenizer's own)."""
+        if self.model is not None:
+            return self.model
+        return ModelConfig.from_size(self.size, preset=self.preset, vocab_size=self.vocab_size,
+                                     **self.model_overrides())
+
     def replace(self, **changes: object) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        data = dataclasses.asdict(self)
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "model"}
         data["val_data"], data["betas"] = list(self.val_data), list(self.betas)
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(set(data) - names - {"model"})
         if unknown:
             raise ConfigError(unknown[0], f"TrainConfig has no field(s) {unknown}")
         return cls(**data)

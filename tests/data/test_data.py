@@ -18,11 +18,10 @@ from miras.data import (  # noqa: E402
     held_out_split,
     iter_documents,
     load_corpus,
-    sequential_batches,
+    shards,  # noqa: E402
     token_stream,
     tokenize_files,
 )
-from miras.data import shards  # noqa: E402
 
 # Exercises byte-level edge cases: accents, emoji, CJK, tabs, runs of spaces and newlines, and the literal EOS text.
 TRICKY = "Héllo, wörld! 🎉 日本語\tTabs  and   spaces\n\n\n  indented line\r\nend <|endoftext|> tail "
@@ -229,15 +228,6 @@ def test_token_batches_depend_only_on_seed_and_step():
     assert not torch.equal(TokenBatches(tokens, 4, 16, seed=8).batch(3)[0], x)
     with pytest.raises(ValueError, match="seq_len"):
         TokenBatches(tokens[:16], batch_size=4, seq_len=16)
-
-
-def test_sequential_batches_cover_each_target_once():
-    tokens = np.arange(103, dtype=np.uint32)
-    batches = list(sequential_batches(tokens, batch_size=4, seq_len=10))
-    assert [x.shape[0] for x, _ in batches] == [4, 4, 2]  # (103 - 1) // 10 = 10 windows
-    labels = torch.cat([y.reshape(-1) for _, y in batches])
-    assert labels.tolist() == list(range(1, 101))
-    assert all(torch.equal(y[:, :-1], x[:, 1:]) for x, y in batches)
 
 
 def test_held_out_split_compares_files_not_spellings(tmp_path, monkeypatch):

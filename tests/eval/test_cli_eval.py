@@ -13,8 +13,9 @@ from miras.config import ModelConfig
 from miras.data import Tokenizer, load_corpus, token_stream
 from miras.eval.ppl import evaluate_ppl
 from miras.models import MirasLM
-from miras.train.checkpoint import load_trained, save_checkpoint
-from miras.train.run_dir import TOKENIZER_DIR, write_config
+from miras.run.checkpoint import load_trained
+from miras.run.folder import TOKENIZER_DIR, write_config
+from miras.train.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope="module")

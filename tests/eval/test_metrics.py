@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from miras.eval.metrics import (
+from miras.metrics import (
     IGNORE_INDEX,
     NLLAccumulator,
     bits_per_byte,
@@ -13,7 +13,7 @@ from miras.eval.metrics import (
     token_accuracy,
     token_nll,
 )
-from miras.eval.plots import plot_accuracy_vs_width, plot_loss_curves, plot_niah_heatmap, plot_position_loss
+from miras.plots import plot_accuracy_vs_width, plot_loss_curves, plot_niah_heatmap, plot_position_loss
 
 
 def test_uniform_prediction_has_perplexity_vocab_size():

@@ -19,8 +19,8 @@ from miras.config import ModelConfig  # noqa: E402
 from miras.data import Tokenizer  # noqa: E402
 from miras.hf import MirasConfig, MirasForCausalLM, hf_to_run, is_hf_folder, run_to_hf  # noqa: E402
 from miras.hf.tokenizer import save_hf_tokenizer  # noqa: E402
-from miras.train.checkpoint import latest_checkpoint, load_trained  # noqa: E402
-from miras.train.run_dir import read_config  # noqa: E402
+from miras.run.checkpoint import latest_checkpoint, load_trained  # noqa: E402
+from miras.run.folder import read_config  # noqa: E402
 from tests.hf.tiny import make_run, model_config  # noqa: E402
 
 TEXTS = ["The memory writes each key.", "a literal <|endoftext|> stays text", "  spaces\n\nand ünïcödé 😀 42"]

@@ -39,9 +39,9 @@ def small_tokenizer() -> Tokenizer:
 def make_run(path: Path, tokenizer: Tokenizer, config: ModelConfig, step: int = 3) -> MirasLM:
     """A run folder as `miras train` leaves it (config, tokenizer, a checkpoint at `step`) holding an untrained
     model; returns the model."""
+    from miras.run.folder import TOKENIZER_DIR, write_config
     from miras.train.checkpoint import save_checkpoint
     from miras.train.config import TrainConfig
-    from miras.train.run_dir import TOKENIZER_DIR, write_config
 
     model = native_model(config)
     train = TrainConfig(preset=config.preset, seq_len=16, vocab_size=tokenizer.vocab_size, max_steps=step)

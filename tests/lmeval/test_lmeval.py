@@ -16,8 +16,8 @@ from safetensors.torch import save_model
 from miras.config import ModelConfig
 from miras.data import Tokenizer
 from miras.models import MirasLM
-from miras.train.checkpoint import LATEST, MODEL_FILE, checkpoint_name
-from miras.train.run_dir import TOKENIZER_DIR, write_config
+from miras.run.checkpoint import LATEST, MODEL_FILE, checkpoint_name
+from miras.run.folder import TOKENIZER_DIR, write_config
 
 pytest.importorskip("lm_eval", reason="needs the eval extra: pip install 'miras[eval]'")
 

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from miras import MirasLM, ModelConfig
-from miras.train.checkpoint import load_model_weights
-from miras.train.run_dir import read_config
+from miras.run.checkpoint import load_model_weights
+from miras.run.folder import read_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # folder: (the field it predates, the value it means when absent, the preset's value now)

@@ -10,6 +10,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+import contextlib
 import json  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
@@ -21,11 +22,11 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from miras.data import TokenBatches  # noqa: E402
+from miras.run.checkpoint import MODEL_FILE, STATE_TENSORS, load_trained  # noqa: E402
 from miras.train import ConfigError, TrainConfig, train  # noqa: E402
-from miras.train.checkpoint import MODEL_FILE, STATE_TENSORS, load_trained  # noqa: E402
 from miras.train.config import changed_fields  # noqa: E402
 from miras.train.distributed import Distributed  # noqa: E402
-from miras.train.loop import _train  # noqa: E402
+from miras.train.setup import start_run  # noqa: E402
 from tests.train.test_train import grammar_text, tiny_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,7 +44,7 @@ import sys
 
 from miras.cli import main
 from miras.data import TokenBatches
-from miras.train.loop import Pacer
+from miras.train.pace import Pacer
 
 kill_at = int(os.environ.get("TEST_KILL_AT_BATCH", "-1"))
 if kill_at >= 0:
@@ -217,7 +218,7 @@ def test_global_batch_must_split_over_the_processes(tmp_path):
     data.write_text(grammar_text(), encoding="utf-8")
     config = tiny_config(tmp_path, data, batch_size=4)
     with pytest.raises(ConfigError) as info:
-        _train(config, Distributed(rank=0, world_size=3))
+        start_run(config, Distributed(rank=0, world_size=3), contextlib.ExitStack())
     assert info.value.field == "batch_size" and "does not split evenly over 3 processes" in str(info.value)
     assert not (tmp_path / "run").exists()
 

@@ -11,7 +11,7 @@ import miras.io_atomic as io_atomic
 from miras.config import ModelConfig
 from miras.models import MirasLM
 from miras.train import save_checkpoint
-from miras.train.loop import WarmupCosine, param_groups
+from miras.train.optim import WarmupCosine, param_groups
 
 TINY = dict(hidden_size=32, num_heads=2, num_hidden_layers=1, chunk_size=16)
 

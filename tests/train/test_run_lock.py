@@ -1,4 +1,4 @@
-"""One writer per run folder (miras/train/run_lock.py): a second one is refused with the owner's pid, and a lock left
+"""One writer per run folder (miras/run/lock.py): a second one is refused with the owner's pid, and a lock left
 by a dead process is taken over with a notice."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import sys
 
 import pytest
 
-from miras.train.run_lock import LOCK_FILE, RunInUse, RunLock
+from miras.run.lock import LOCK_FILE, RunInUse, RunLock
 
-HOLDER = ("import sys, time\nfrom miras.train.run_lock import RunLock\nRunLock.acquire(sys.argv[1])\n"
+HOLDER = ("import sys, time\nfrom miras.run.lock import RunLock\nRunLock.acquire(sys.argv[1])\n"
           "print('locked', flush=True)\ntime.sleep(600)\n")
 
 

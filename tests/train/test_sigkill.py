@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from miras.cli import main  # noqa: E402
-from miras.train.checkpoint import LATEST, MODEL_FILE, STATE_JSON, STATE_TENSORS, TMP_DIR  # noqa: E402
+from miras.run.checkpoint import LATEST, MODEL_FILE, STATE_JSON, STATE_TENSORS, TMP_DIR  # noqa: E402
 from tests.train.test_cli import TINY_FLAGS  # noqa: E402
 from tests.train.test_train import grammar_text, train_losses  # noqa: E402
 

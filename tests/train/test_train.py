@@ -13,9 +13,10 @@ from safetensors.torch import load_file  # noqa: E402
 from miras.config import ModelConfig  # noqa: E402
 from miras.data import TokenBatches  # noqa: E402
 from miras.models import MirasLM  # noqa: E402
+from miras.run.checkpoint import MODEL_FILE, load_trained  # noqa: E402
 from miras.train import ConfigError, TrainConfig, load_checkpoint, resume_config, save_checkpoint, train  # noqa: E402
-from miras.train.checkpoint import MODEL_FILE, load_trained  # noqa: E402
-from miras.train.loop import WarmupCosine, eval_windows, param_groups, unigram_log_probs  # noqa: E402
+from miras.train.evaluation import eval_windows, unigram_log_probs  # noqa: E402
+from miras.train.optim import WarmupCosine, param_groups  # noqa: E402
 
 TINY = dict(hidden_size=32, num_heads=2, num_hidden_layers=1, chunk_size=16)
 
@@ -108,12 +109,14 @@ def test_resume_continues_exactly(tmp_path, data, monkeypatch):
 
 
 def test_time_budget_fixes_the_step_count(tmp_path, data):
-    """max_minutes alone: the first steps' speed sets max_steps (saved for a resume) and the cosine ends there."""
+    """max_minutes alone: the first steps' speed sets max_steps (logged as a "pace" event, kept in the checkpoint for a
+    resume; config.json stays as given) and the cosine ends there."""
     result = train(tiny_config(tmp_path, data, max_steps=-1, max_minutes=0.1, eval_every=20))
     saved = json.loads((result.run_dir / "config.json").read_text())["train"]
-    assert saved["max_steps"] > 8 and saved["max_minutes"] == 0.1
-    assert result.step <= saved["max_steps"]
+    assert saved["max_steps"] == -1 and saved["max_minutes"] == 0.1
     records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    planned = [r["max_steps"] for r in records if r["event"] == "pace" and "max_steps" in r]
+    assert planned and planned[-1] > 8 and result.step <= planned[-1]
     assert records[-1]["elapsed_s"] < 0.1 * 60 + 1.0
 
 
@@ -224,7 +227,7 @@ def test_bad_config_names_the_field(changes, field):
 
 
 def test_a_given_step_count_is_not_cut_by_the_default_time_budget():
-    assert TrainConfig().max_minutes == 8  # the default run: a time budget
+    assert TrainConfig().max_minutes == -1 and TrainConfig().max_steps == 1000  # the library: a step count
     assert TrainConfig(max_steps=1000).max_minutes == -1  # a step count alone runs all its steps
     assert TrainConfig(max_steps=1000, max_minutes=2).max_minutes == 2  # both given: whichever ends first
 

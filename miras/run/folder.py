@@ -4,8 +4,11 @@
     metrics.jsonl    one JSON object per event: {"event": "train" | "eval" | "final", "step": ..., ...}
     loss.png         train and validation loss against step
     tokenizer/       the tokenizer (see miras.data.tokenizer)
-    train.lock       while `miras train` writes the folder: its owner (see run_lock.py)
+    train.lock       while `miras train` writes the folder: its owner (see lock.py)
     latest, checkpoint-NNNNNNN/   see checkpoint.py
+
+A Hugging Face folder (`miras convert to-hf`) also has a config.json, with model_type "miras"; `is_hf_folder` tells
+the two apart without importing transformers.
 """
 
 from __future__ import annotations
@@ -17,13 +20,27 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from miras.io_atomic import write_text_atomic  # noqa: F401  (re-exported: the writers of run folders import it here)
-from miras.train.run_lock import RunLock
+from miras.io_atomic import write_text_atomic
+from miras.run.lock import RunLock
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
 TOKENIZER_DIR = "tokenizer"
+HF_MODEL_TYPE = "miras"  # a Hugging Face folder's config.json names it (miras.hf.MODEL_TYPE)
+
+
+def is_hf_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` is a Hugging Face folder of a Miras model: its config.json has model_type "miras" (a run
+    folder's config.json has none)."""
+    config = Path(path) / CONFIG_FILE
+    if not config.is_file():
+        return False
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("model_type") == HF_MODEL_TYPE
 
 
 def as_umask_allows(folder: Path) -> None:

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from miras.cli import main
-from miras.eval import mqar as mqar_module
-from miras.eval.mqar import make_sweep, mqar_model_config, mqar_sweep, mqar_table, train_mqar
+from miras.experiments import mqar as mqar_module
+from miras.experiments.mqar import make_sweep, mqar_model_config, mqar_sweep, mqar_table, train_mqar
 from miras.train import ConfigError
 
 

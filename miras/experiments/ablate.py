@@ -6,7 +6,7 @@ Studies:
 - yaad: Yaad without each of its components (Table 4, plus the ICLR version's "w/o RoPE"), as far as the design space
   expresses them; see `YAAD_VARIANTS`.
 
-Every point is trained and scored by `miras.eval.compare.compare` under the same budget (same steps, tokens, seed and,
+Every point is trained and scored by `miras.experiments.compare.compare` under the same budget (same steps, tokens, seed and,
 by default, parameter count), so a study's folder has the same results.json / results.md / loss.png / runs/ layout and
 is resumable the same way. Numeric studies add ablation.png: validation perplexity against p or q.
 
@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from miras.eval.compare import Candidate, CompareConfig, compare
+from miras.experiments.compare import Candidate, CompareConfig, compare
 from miras.presets import moneta, yaad
 from miras.train import ConfigError
 
@@ -98,7 +98,7 @@ def ablate(
 
 def _plot(rows: Sequence[dict], config: CompareConfig, path: Path, axis: str) -> None:
     """Validation perplexity against the studied value, one line per validation set; failed points are left out."""
-    from miras.eval.plots import _figure, _save  # the shared Agg figure and atomic PNG write; loads matplotlib
+    from miras.plots import _figure, _save  # the shared Agg figure and atomic PNG write; loads matplotlib
 
     fig, ax = _figure()
     for spec in config.val_data:

@@ -6,10 +6,10 @@ import torch
 
 from miras.cli import main
 from miras.config import ModelConfig
-from miras.eval import compare as compare_module
-from miras.eval import mqar as mqar_module
-from miras.eval.ablate import YAAD_VARIANTS, ablate, ablation_candidates
-from miras.eval.compare import (
+from miras.experiments import compare as compare_module
+from miras.experiments import mqar as mqar_module
+from miras.experiments.ablate import YAAD_VARIANTS, ablate, ablation_candidates
+from miras.experiments.compare import (
     DEFAULT_MODELS,
     Candidate,
     CompareConfig,
@@ -19,8 +19,8 @@ from miras.eval.compare import (
 )
 from miras.models import MirasLM
 from miras.presets import moneta
+from miras.run.folder import MetricsLog
 from miras.train import ConfigError, TrainConfig, train
-from miras.train.run_dir import MetricsLog
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +93,8 @@ def test_compare_end_to_end_then_resume(data, tmp_path):
 
 
 def test_a_candidate_trains_exactly_like_miras_train(data, tmp_path):
-    """compare starts each run folder itself (step-0 checkpoint) and lets train() resume it; at the default MLP width
-    that must be the very run `miras train --preset transformer` makes."""
+    """compare trains each candidate through train() with its ModelConfig; at the default MLP width that must be the
+    very run `miras train --preset transformer` makes."""
     config = micro(data, tmp_path, steps=3, match_params=False, mqar_steps=0, niah_samples=0)
     [row] = compare(candidates_for(["transformer"]), config, tmp_path / "cmp", log=quiet)
     fresh = train(TrainConfig(
@@ -112,7 +112,7 @@ def test_a_failing_model_is_reported_and_the_others_finish(data, tmp_path, monke
     real_train, real_mqar = compare_module.train, mqar_module.train_mqar
 
     def train_fails_for_moneta(config):
-        if config.resume.endswith("moneta"):
+        if (config.resume or config.out_dir).endswith("moneta"):
             raise FloatingPointError("training loss is nan at step 1; try a lower --lr")
         return real_train(config)
 

@@ -8,7 +8,7 @@ Each candidate (a preset, optionally with its MemorySpec or ModelConfig fields c
    (the width, and so the embedding, is the same for all, so total counts match too);
 2. scored by validation perplexity on every `val_data` set (the trainer's final evaluation: held-out State of the
    Union addresses and Wikipedia by default);
-3. trained from scratch on MQAR at the LM's own architecture (same width, depth, heads and MLP), `miras.eval.mqar`;
+3. trained from scratch on MQAR at the LM's own architecture (same width, depth, heads and MLP), `miras.experiments.mqar`;
 4. asked needle-in-a-haystack questions as a trained LM, `miras.eval.niah.evaluate_niah`.
 
 Results go to out_dir: results.json (the budget and one row per candidate), results.md (one table: rows = models;
@@ -34,16 +34,18 @@ import torch
 
 from miras.checks import check_int
 from miras.config import SIZES, TRANSFORMER, ModelConfig
-from miras.data import CORPORA, Tokenizer, iter_documents, load_corpus
+from miras.data import Tokenizer
 from miras.data.synthetic import NIAH_VARIANTS
 from miras.device import resolve_device
+from miras.io_atomic import write_text_atomic
 from miras.models import MirasLM
 from miras.presets import PRESETS
+from miras.run.checkpoint import LATEST, load_trained
+from miras.run.folder import CONFIG_FILE, TOKENIZER_DIR, MetricsLog, read_config
 from miras.spec import MemorySpec
-from miras.train import ConfigError, TrainConfig, save_checkpoint, train
+from miras.train import ConfigError, TrainConfig, train
 from miras.train.config import absolute_spec
-from miras.train.loop import WarmupCosine, param_groups
-from miras.train.run_dir import CONFIG_FILE, TOKENIZER_DIR, MetricsLog, read_config, write_config, write_text_atomic
+from miras.train.setup import train_tokenizer
 
 DEFAULT_MODELS = ("moneta", "yaad", "memora", "gated_deltanet", "titans", "transformer")
 MODELS = (*PRESETS, TRANSFORMER)
@@ -215,7 +217,7 @@ def compare(
             raise ConfigError("models", f"unknown model {c.preset!r}; choose from {', '.join(MODELS)}")
     out_dir = Path(out_dir)
     # Flags the trainer checks (data paths, device, ...) fail here, once, rather than in every candidate's row.
-    _train_config(config, candidates[0].preset, config.vocab_size, out_dir / RUNS_DIR / candidates[0].name)
+    _train_config(config, out_dir / RUNS_DIR / candidates[0].name)
     saved = _load_results(out_dir, config)
     rows: dict[str, dict] = dict(saved)  # earlier rows of other candidates stay in the file
     # The budget goes to disk before anything is built from it (the shared tokenizer first), so a folder's contents
@@ -236,7 +238,7 @@ def compare(
             log(f"[{i}/{len(candidates)}] {c.title}: already finished, skipped")
             continue
         log(f"[{i}/{len(candidates)}] {c.title}")
-        rows[c.name] = _run_candidate(c, configs[c.name], config, out_dir, tokenizer, log)
+        rows[c.name] = _run_candidate(c, configs[c.name], config, out_dir, log)
         _write_results(out_dir, config, candidates, rows, title, notes)
     _write_results(out_dir, config, candidates, rows, title, notes)
     return [rows[c.name] for c in candidates]
@@ -255,7 +257,7 @@ def candidates_for(models: Sequence[str]) -> list[Candidate]:
 
 
 def _run_candidate(c: Candidate, model_config: ModelConfig, config: CompareConfig, out_dir: Path,
-                   tokenizer: Tokenizer, log: Callable[[str], None]) -> dict:
+                   log: Callable[[str], None]) -> dict:
     """Train, then score; every stage's failure is recorded in row["errors"] and the later stages still run where
     they can (MQAR does not need the LM; NIAH does)."""
     row: dict = {"name": c.name, "label": c.title, "preset": c.preset, "value": c.value,
@@ -263,7 +265,7 @@ def _run_candidate(c: Candidate, model_config: ModelConfig, config: CompareConfi
     run_dir = out_dir / RUNS_DIR / c.name
     device = resolve_device(config.device, "device", error=ConfigError)
     try:
-        row["lm"] = _train_lm(run_dir, model_config, config, tokenizer)
+        row["lm"] = _train_lm(run_dir, model_config, config, out_dir / TOKENIZER_DIR)
         log("  LM: " + ", ".join(f"{s} ppl {e['ppl']:.2f}" for s, e in row["lm"]["ppl"].items())
             + f"; {row['lm']['tok_s']:,.0f} tokens/s")
     except Exception as e:  # noqa: BLE001 - any failure of one model is reported in its row, not fatal to the rest
@@ -286,13 +288,17 @@ def _run_candidate(c: Candidate, model_config: ModelConfig, config: CompareConfi
     return row
 
 
-def _train_lm(run_dir: Path, model_config: ModelConfig, config: CompareConfig, tokenizer: Tokenizer) -> dict:
-    """Train (or finish training) the candidate's LM in run_dir; returns its LM summary."""
-    if not (run_dir / CONFIG_FILE).is_file():
-        _start_run(run_dir, model_config, config, tokenizer)
-    # A resumed run keeps its saved settings except these (the trainer's RESUMABLE fields), cache_dir included.
-    result = train(TrainConfig(resume=str(run_dir), device=config.device, threads=config.threads,
-                               progress=config.progress))
+def _train_lm(run_dir: Path, model_config: ModelConfig, config: CompareConfig, tokenizer: Path) -> dict:
+    """Train (or finish training) the candidate's LM in run_dir through `miras.train.train`; returns its LM summary.
+    `tokenizer`: the shared tokenizer's folder."""
+    if (run_dir / CONFIG_FILE).is_file() and not (run_dir / LATEST).is_file():
+        shutil.rmtree(run_dir)  # a first session stopped before its first save: nothing to continue, start again
+    if (run_dir / CONFIG_FILE).is_file():
+        # A resumed run keeps its saved settings except these (the trainer's RESUMABLE fields), cache_dir included.
+        result = train(TrainConfig(resume=str(run_dir), device=config.device, threads=config.threads,
+                                   progress=config.progress))
+    else:
+        result = train(_train_config(config, run_dir, model_config, str(tokenizer.absolute())))
     records = MetricsLog(run_dir).read()
     return {
         "run_dir": str(run_dir),
@@ -310,45 +316,21 @@ def _train_lm(run_dir: Path, model_config: ModelConfig, config: CompareConfig, t
     }
 
 
-def _start_run(run_dir: Path, model_config: ModelConfig, config: CompareConfig, tokenizer: Tokenizer) -> None:
-    """Create run_dir as a run folder at step 0 of `model_config`, for `train` to continue as a resumed run.
-
-    Why not a fresh `train(TrainConfig(preset=...))`: TrainConfig names a preset at a size with a few dimensions, but a
-    candidate may change its MemorySpec (ablations) or SwiGLU width (parameter matching), which only a ModelConfig
-    holds. A resumed run takes its model from the folder's config.json, so writing the folder ourselves (config, the
-    shared tokenizer, a step-0 checkpoint with the same seed, initialization, optimizer and schedule a fresh run
-    would build) lets `train` run any ModelConfig unchanged. The folder is assembled under a temporary name and
-    renamed into place, so run_dir always either is complete or does not exist.
-    """
-    train_config = _train_config(config, model_config.preset, tokenizer.vocab_size, run_dir)
-    tmp = run_dir.with_name(f".{run_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a process killed while assembling it
-    tmp.mkdir(parents=True)
-    tokenizer.save(tmp / TOKENIZER_DIR)
-    write_config(tmp, train_config.to_dict(), model_config.to_dict())
-    torch.manual_seed(config.seed)  # what train() does right before building the model of a fresh run
-    model = MirasLM(model_config)
-    optimizer = torch.optim.AdamW(param_groups(model, train_config.weight_decay), lr=train_config.lr,
-                                  betas=train_config.betas)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, WarmupCosine(train_config.warmup_steps, train_config.max_steps, train_config.min_lr_ratio))
-    save_checkpoint(tmp, model, optimizer, scheduler, {"step": 0, "tokens": 0, "elapsed_s": 0.0})
-    tmp.rename(run_dir)
-
-
-def _train_config(config: CompareConfig, preset: str, vocab_size: int, run_dir: Path) -> TrainConfig:
+def _train_config(config: CompareConfig, run_dir: Path, model: ModelConfig | None = None,
+                  tokenizer: str = "bpe") -> TrainConfig:
     """The TrainConfig of a candidate's run (it validates data, val_data, device and the optimizer settings)."""
     return TrainConfig(
-        preset=preset, size=config.size, data=config.data, val_data=config.val_data, vocab_size=vocab_size,
-        seq_len=config.lm_seq_len, batch_size=config.batch_size, lr=config.lr, warmup_steps=config.warmup_steps,
-        max_steps=config.steps, max_minutes=-1, eval_every=-1, final_eval_tokens=config.eval_tokens, sample_tokens=0,
-        seed=config.seed, out_dir=str(run_dir), device=config.device, threads=config.threads,
-        progress=config.progress, cache_dir=config.cache_dir,
+        model=model, preset=model.preset if model else "moneta", size=config.size, data=config.data,
+        val_data=config.val_data, tokenizer=tokenizer, vocab_size=config.vocab_size, seq_len=config.lm_seq_len,
+        batch_size=config.batch_size, lr=config.lr, warmup_steps=config.warmup_steps, max_steps=config.steps,
+        max_minutes=-1, eval_every=-1, final_eval_tokens=config.eval_tokens, sample_tokens=0, seed=config.seed,
+        out_dir=str(run_dir), device=config.device, threads=config.threads, progress=config.progress,
+        cache_dir=config.cache_dir,
     )
 
 
 def _mqar(model_config: ModelConfig, config: CompareConfig, device: torch.device) -> dict:
-    from miras.eval.mqar import train_mqar
+    from miras.experiments.mqar import train_mqar
 
     mqar_config = dataclasses.replace(model_config, vocab_size=config.mqar_vocab_size,
                                       max_position_embeddings=config.mqar_seq_len)
@@ -360,7 +342,6 @@ def _mqar(model_config: ModelConfig, config: CompareConfig, device: torch.device
 
 def _niah(run_dir: Path, config: CompareConfig, device: torch.device) -> dict:
     from miras.eval.niah import evaluate_niah
-    from miras.train.checkpoint import load_trained
 
     model, tokenizer = load_trained(run_dir, device)
     result = evaluate_niah(model, tokenizer, lengths=config.niah_lengths or (config.lm_seq_len,),
@@ -431,7 +412,7 @@ def budget_text(config: CompareConfig) -> str:
 def _write_results(out_dir: Path, config: CompareConfig, candidates: Sequence[Candidate], rows: dict[str, dict],
                    title: str, notes: str) -> None:
     """results.json, results.md and loss.png, each replaced atomically; the table and plot show `candidates`."""
-    from miras.eval.plots import plot_loss_curves  # loads matplotlib
+    from miras.plots import plot_loss_curves  # loads matplotlib
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / RESULTS_FILE,
@@ -478,13 +459,12 @@ def _count(model_config: ModelConfig, embeddings: bool = False) -> int:
 
 
 def _tokenizer(out_dir: Path, config: CompareConfig) -> Tokenizer:
-    """One tokenizer for every candidate, so their perplexities count the same tokens: trained once (the BPE
-    `miras train` would train: on the corpus's training split, or on the whole --data spec) and kept in out_dir."""
+    """One tokenizer for every candidate, so their perplexities count the same tokens: the BPE `miras train` would
+    train (miras.train.setup.train_tokenizer), trained once and kept in out_dir; each run uses it from there."""
     path = out_dir / TOKENIZER_DIR
     if (path / "tokenizer_meta.json").is_file():
         return Tokenizer.load(path)
-    docs = load_corpus(config.data, "train") if config.data in CORPORA else iter_documents(config.data)
-    tokenizer = Tokenizer.train(docs, vocab_size=config.vocab_size)
+    tokenizer = train_tokenizer(_train_config(config, out_dir / RUNS_DIR / "_"))
     tokenizer.save(path)
     return tokenizer
 
