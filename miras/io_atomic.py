@@ -16,7 +16,11 @@ Measured cost: miras/train/README.md ("Durable checkpoints").
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
+from typing import BinaryIO, Callable, TypeVar
+
+T = TypeVar("T")
 
 
 def fsync_path(path: str | os.PathLike) -> None:
@@ -28,13 +32,15 @@ def fsync_path(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Replace `path` with `data`: readers see the old file or the new one, also after a crash (module docstring)."""
+def write_file_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], T]) -> T:
+    """Replace `path` with what `write(f)` writes to the binary file `f` (streamed: a token cache can be larger than
+    memory); returns write's result. Readers see the old file or the new one, also after a crash (module docstring).
+    The temporary name is unique, so concurrent writers of the same path do not mix their bytes."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
+        with open(tmp, "xb") as f:
+            result = write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -42,6 +48,12 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_path(path.parent)
+    return result
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """`write_file_atomic` of `data`."""
+    write_file_atomic(path, lambda f: f.write(data))
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -1,21 +1,23 @@
 """Evaluation figures from plain Python data, written as PNG files.
 
 Figures are built on matplotlib's object API with the Agg canvas, never pyplot, so plotting needs no display, keeps
-no global figure state and is safe to call from training loops. Files are written atomically (temp file in the same
-folder, then os.replace), so a reader never sees a half-written PNG.
+no global figure state and is safe to call from training loops. Files are written atomically and durably
+(miras/io_atomic.py), so a reader never sees a half-written PNG.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from miras.io_atomic import write_bytes_atomic
 
 
 def plot_accuracy_vs_width(
@@ -114,12 +116,6 @@ def _figure() -> tuple[Figure, Axes]:
 def _save(fig: Figure, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a figure should be as readable as any other output
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    write_bytes_atomic(path, buffer.getvalue())

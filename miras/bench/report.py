@@ -1,7 +1,7 @@
 """Turn the suite's results dict into bench.json, bench.md (tables) and time_vs_T.png. What the numbers should reach is
 not here: this project's targets are benchmarks/targets.py, outside the package.
 
-Every file is written atomically (a temporary file in the same folder, then os.replace), so an interrupted run
+Every file is written atomically and durably (miras/io_atomic.py), so an interrupted run
 never leaves a half-written report behind.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from miras.io_atomic import write_bytes_atomic
 
 
 def say(message: str) -> None:
@@ -21,14 +21,7 @@ def say(message: str) -> None:
 
 def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, data)
 
 
 def _f(x) -> str:

@@ -14,13 +14,13 @@ import glob
 import hashlib
 import json
 import os
-import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from miras.io_atomic import write_file_atomic, write_text_atomic
 from miras.progress import progress_bar
 
 from .corpus import CORPORA, SOTU_VAL_EVERY, load_corpus
@@ -214,15 +214,10 @@ def _cached_tokens(
 
     dtype = np.dtype("<u2" if tokenizer.vocab_size <= 1 << 16 else "<u4")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    # Write to a unique temp name, then rename: readers never see a partial file, and concurrent writers of the
-    # same entry both produce identical bytes.
-    tmp = cache_dir / f".{key}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "xb") as f:
-            num_tokens, num_docs = _write_tokens(units, total_bytes, tokenizer, f, dtype, progress)
-        os.replace(tmp, bin_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # Durable and atomic (miras/io_atomic.py): readers never see a partial file, and concurrent writers of the same
+    # entry write under distinct temporary names and produce identical bytes.
+    num_tokens, num_docs = write_file_atomic(
+        bin_path, lambda f: _write_tokens(units, total_bytes, tokenizer, f, dtype, progress))
     index = {
         "format": FORMAT_VERSION,
         "dtype": dtype.name,
@@ -232,9 +227,7 @@ def _cached_tokens(
                       "eos_id": tokenizer.eos_id},
         "sources": sources,
     }
-    tmp = cache_dir / f".{key}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    tmp.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, index_path)
+    write_text_atomic(index_path, json.dumps(index, indent=1) + "\n")
     return np.memmap(bin_path, dtype=dtype, mode="r", shape=(num_tokens,))
 
 

