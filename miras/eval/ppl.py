@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from miras.checks import check_int
+from miras.data.shards import window_tokens
 from miras.data.synthetic import IGNORE_INDEX
 from miras.data.tokenizer import Tokenizer
 from miras.metrics import NLLAccumulator
@@ -106,12 +107,11 @@ def evaluate_ppl(
     try:
         with torch.inference_mode():
             for lo in range(0, len(windows), batch_size):
-                chunk = windows[lo : lo + batch_size]
-                inputs = torch.from_numpy(np.stack([tokens[s : s + w] for s, w, _ in chunk])).to(device)
-                labels = np.stack([tokens[s + 1 : s + w + 1] for s, w, _ in chunk])
+                chunk = windows[lo : lo + batch_size]  # all windows have one length
+                inputs, labels = window_tokens(tokens, np.array([s for s, _, _ in chunk]), chunk[0][1])
                 for row, (_, _, first_scored) in enumerate(chunk):
                     labels[row, :first_scored] = IGNORE_INDEX  # predictions an earlier window already made
-                acc.update(model(inputs).logits, torch.from_numpy(labels).to(device))
+                acc.update(model(inputs.to(device)).logits, labels.to(device))
     finally:
         model.train(was_training)
     if acc.num_tokens != len(tokens) - 1:  # the window arithmetic above must score every token exactly once
