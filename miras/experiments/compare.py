@@ -22,7 +22,6 @@ candidate that fails (diverges, runs out of memory, ...) gets its error in its r
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import shutil
 import traceback
@@ -37,6 +36,7 @@ from miras.config import SIZES, TRANSFORMER, ModelConfig
 from miras.data import Tokenizer
 from miras.data.synthetic import NIAH_VARIANTS
 from miras.device import resolve_device
+from miras.experiments.results import ResultsStore
 from miras.io_atomic import write_text_atomic
 from miras.models import MirasLM
 from miras.presets import PRESETS
@@ -415,8 +415,7 @@ def _write_results(out_dir: Path, config: CompareConfig, candidates: Sequence[Ca
     from miras.plots import plot_loss_curves  # loads matplotlib
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / RESULTS_FILE,
-                      json.dumps({"budget": config.budget(), "rows": rows}, indent=1) + "\n")
+    _store(out_dir, config).save({"budget": config.budget(), "rows": rows})
     shown = [rows[c.name] for c in candidates if c.name in rows]
     text = [f"# {title}", "", budget_text(config), *([notes, ""] if notes else []), results_table(shown, config)]
     failures = [(row["label"], stage, error) for row in shown for stage, error in row["errors"].items()]
@@ -428,16 +427,12 @@ def _write_results(out_dir: Path, config: CompareConfig, candidates: Sequence[Ca
         plot_loss_curves(curves, out_dir / LOSS_PLOT, title=f"{title}: training loss")
 
 
+def _store(out_dir: Path, config: CompareConfig) -> ResultsStore:
+    return ResultsStore(out_dir / RESULTS_FILE, "budget", config.budget())
+
+
 def _load_results(out_dir: Path, config: CompareConfig) -> dict[str, dict]:
-    path = out_dir / RESULTS_FILE
-    if not path.is_file():
-        return {}
-    saved = json.loads(path.read_text(encoding="utf-8"))
-    if saved["budget"] != config.budget():
-        changed = sorted(k for k in config.budget() if saved["budget"].get(k) != config.budget()[k])
-        raise ConfigError("out", f"{out_dir} holds results of another budget (differs in {', '.join(changed)}); "
-                                 f"use a new --out folder, or the same flags to continue it")
-    return saved["rows"]
+    return _store(out_dir, config).load().get("rows", {})
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ is part of every Miras layer, as zoology's BaseConv is part of its models; atten
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +28,7 @@ from miras.checks import check_int
 from miras.config import TRANSFORMER, ModelConfig
 from miras.data.synthetic import mqar_splits
 from miras.eval.mqar import evaluate_mqar
+from miras.experiments.results import ResultsStore
 from miras.io_atomic import write_text_atomic
 from miras.models import MirasLM
 from miras.presets import PRESETS
@@ -250,7 +250,7 @@ def mqar_sweep(
     """
     runs = sweep.runs()
     keys = [_run_key(run) for run in runs]
-    saved = _load_records(Path(out_dir) / RESULTS_FILE, sweep) if out_dir is not None else {}
+    saved = _load_records(out_dir, sweep) if out_dir is not None else {}
     # The file only ever holds this grid's runs: earlier ones are kept (and skipped) where they succeeded.
     by_key = {key: saved[key] for key in keys if key in saved and "error" not in saved[key]}
     for i, (run, key) in enumerate(zip(runs, keys), 1):
@@ -314,8 +314,7 @@ def write_mqar_report(records: Sequence[dict], sweep: MQARSweep, out_dir: str | 
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / RESULTS_FILE, json.dumps({"sweep": _sweep_dict(sweep), "runs": list(records)},
-                                                         indent=2) + "\n")
+    _store(out_dir, sweep).save({"sweep": _sweep_dict(sweep), "runs": list(records)}, indent=2)
     failures = [r for r in records if "error" in r]
     text = [
         "# MQAR: test accuracy (%) at the query positions, best over learning rates", "",
@@ -366,18 +365,13 @@ def _budget(sweep: MQARSweep) -> dict:
     return {k: v for k, v in data.items() if k not in ("models", "settings", "widths", "lrs", "device")}
 
 
-def _load_records(path: Path, sweep: MQARSweep) -> dict[tuple, dict]:
-    """The records of an earlier sweep in the same folder, by run key; none if its budget differed."""
-    if not path.is_file():
-        return {}
-    saved = json.loads(path.read_text(encoding="utf-8"))
-    old = dict(saved.get("sweep", {}))
-    old["settings"] = [list(s) for s in old.get("settings", [])]
-    if {k: v for k, v in old.items() if k in _budget(sweep)} != _budget(sweep):
-        raise ConfigError(
-            "out", f"{path} holds an MQAR sweep with a different budget or task; use another --out folder or delete it"
-        )
-    return {_run_key(r): r for r in saved.get("runs", [])}
+def _store(out_dir: str | Path, sweep: MQARSweep) -> ResultsStore:
+    return ResultsStore(Path(out_dir) / RESULTS_FILE, "sweep", _budget(sweep))
+
+
+def _load_records(out_dir: str | Path, sweep: MQARSweep) -> dict[tuple, dict]:
+    """The records of an earlier sweep in the same folder, by run key (ConfigError if its budget differed)."""
+    return {_run_key(r): r for r in _store(out_dir, sweep).load().get("runs", [])}
 
 
 __all__ = [

@@ -86,7 +86,7 @@ def test_sweep_skips_impossible_settings_writes_report_and_resumes(tmp_path):
     assert again == []  # nothing retrained
 
     other, _ = tiny_sweep(steps=3)
-    with pytest.raises(ConfigError, match="different budget") as e:
+    with pytest.raises(ConfigError, match="another budget") as e:
         mqar_sweep(other, tmp_path)
     assert e.value.field == "out"
 
