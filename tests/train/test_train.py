@@ -120,6 +120,27 @@ def test_time_budget_fixes_the_step_count(tmp_path, data):
     assert records[-1]["elapsed_s"] < 0.1 * 60 + 1.0
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the thread probe needs two cores")
+def test_the_thread_probe_is_logged_and_kept_for_a_resume(tmp_path, data):
+    """threads -1: the first steps probe 1 thread against all cores; the choice goes to metrics.jsonl and the
+    checkpoint (config.json keeps -1, as given), and a resumed run trains on it without probing again."""
+    threads = torch.get_num_threads()
+    try:
+        first = train(tiny_config(tmp_path, data, threads=-1, max_steps=10, save_every=10))
+        records = [json.loads(line) for line in (first.run_dir / "metrics.jsonl").read_text().splitlines()]
+        [pace] = [r for r in records if r["event"] == "pace"]
+        assert json.loads((first.run_dir / "config.json").read_text())["train"]["threads"] == -1
+        checkpoint = first.run_dir / (first.run_dir / "latest").read_text().strip()
+        assert json.loads((checkpoint / "train_state.json").read_text())["counters"]["threads"] == pace["threads"]
+        torch.set_num_threads(3 if pace["threads"] != 3 else 2)
+        resumed = train(resume_config(first.run_dir, max_steps=12, progress=False))
+        assert resumed.step == 12 and torch.get_num_threads() == pace["threads"]
+        records = [json.loads(line) for line in (first.run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert [r["event"] for r in records].count("pace") == 1  # no second probe
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
     config = ModelConfig.from_size("tiny", vocab_size=300, **TINY)
