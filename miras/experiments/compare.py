@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import shutil
 import traceback
 from collections.abc import Callable, Sequence
@@ -324,7 +325,7 @@ def _train_config(config: CompareConfig, run_dir: Path, model: ModelConfig | Non
         val_data=config.val_data, tokenizer=tokenizer, vocab_size=config.vocab_size, seq_len=config.lm_seq_len,
         batch_size=config.batch_size, lr=config.lr, warmup_steps=config.warmup_steps, max_steps=config.steps,
         max_minutes=-1, eval_every=-1, final_eval_tokens=config.eval_tokens, sample_tokens=0, seed=config.seed,
-        out_dir=str(run_dir), device=config.device, threads=config.threads, progress=config.progress,
+        out_dir=str(run_dir), device=config.device, threads=_threads(config), progress=config.progress,
         cache_dir=config.cache_dir,
     )
 
@@ -425,6 +426,13 @@ def _write_results(out_dir: Path, config: CompareConfig, candidates: Sequence[Ca
     curves = {row["label"]: row["lm"]["train_loss"] for row in shown if row.get("lm", {}).get("train_loss")}
     if curves:
         plot_loss_curves(curves, out_dir / LOSS_PLOT, title=f"{title}: training loss")
+
+
+def _threads(config: CompareConfig) -> int:
+    """--threads -1 means every core this process may use, fixed: the trainer's one-thread/all-core probe is for a
+    lone `miras train`, and a thread count chosen per model by timing would make the runs differ in more than the
+    model (float sums split over other thread counts)."""
+    return config.threads if config.threads != -1 else len(os.sched_getaffinity(0))
 
 
 def _store(out_dir: Path, config: CompareConfig) -> ResultsStore:
