@@ -1,7 +1,8 @@
 """The run folder: where a run's config, metrics log, figure, tokenizer and checkpoints live.
 
-    config.json      {"train": TrainConfig, "model": ModelConfig}, resolved (e.g. the measured step budget)
-    metrics.jsonl    one JSON object per event: {"event": "train" | "eval" | "final", "step": ..., ...}
+    config.json      {"train": TrainConfig, "model": ModelConfig}, resolved (seq_len, val_data, paths); a resume
+                     writes the flags it changed; the time budget's plan is in metrics.jsonl and the checkpoints
+    metrics.jsonl    one JSON object per event: {"event": "train" | "eval" | "pace" | "final", "step": ..., ...}
     loss.png         train and validation loss against step
     tokenizer/       the tokenizer (see miras.data.tokenizer)
     train.lock       while `miras train` writes the folder: its owner (see lock.py)
@@ -55,7 +56,7 @@ def as_umask_allows(folder: Path) -> None:
 
 def new_run_dir(out_dir: str, preset: str, locks: contextlib.ExitStack, notice: Callable[[str], None]) -> Path:
     """Create the folder of a fresh run, `out_dir` or runs/<timestamp>-<preset> when it is empty, and take its lock
-    (run_lock.py) into `locks`. A folder in use by another run, or that already holds a run, is refused (continue
+    (lock.py) into `locks`. A folder in use by another run, or that already holds a run, is refused (continue
     the latter with --resume instead)."""
     if out_dir:
         path = Path(out_dir)
