@@ -121,6 +121,12 @@ class TrainConfig:
                                            f"tokenizer folder")
         if self.model is not None and not isinstance(self.model, ModelConfig):
             raise ConfigError("model", f"must be a ModelConfig (or None), got {type(self.model).__name__}")
+        if self.model is not None:  # config.json's "train" then names the design the run trains
+            self.preset = self.model.preset
+            for name, value in self.model_overrides().items():
+                if getattr(self.model, name) != value:
+                    raise ConfigError(name, f"{value} disagrees with the given model's {name}="
+                                            f"{getattr(self.model, name)}; set it in the ModelConfig")
         _choice("device", self.device, DEVICES)
         _choice("dtype", self.dtype, DTYPES)
         _choice("parallel", self.parallel, PARALLEL)

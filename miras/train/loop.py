@@ -202,8 +202,7 @@ def _describe(run: Run) -> None:
     """The run's start-up lines: where it writes, the model, the data and the optimization."""
     config, model_config, model = run.config, run.model_config, run.model
     run.log(f"run folder: {run.run_dir}")
-    run.log(f"model: {model_config.preset} {config.size if config.model is None else 'custom'}: "
-            f"{model.num_parameters() / 1e6:.2f}M parameters "
+    run.log(f"model: {model_config.preset} {config.size}: {model.num_parameters() / 1e6:.2f}M parameters "
             f"({model.num_parameters(exclude_embeddings=True) / 1e6:.2f}M without embeddings), hidden "
             f"{model_config.hidden_size}, {model_config.num_hidden_layers} layers, {model_config.num_heads} heads, "
             f"chunk {model_config.chunk_size}; device {run.device}, {torch.get_num_threads()} threads")

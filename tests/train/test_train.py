@@ -3,6 +3,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
 
@@ -13,6 +14,7 @@ from safetensors.torch import load_file  # noqa: E402
 from miras.config import ModelConfig  # noqa: E402
 from miras.data import TokenBatches  # noqa: E402
 from miras.models import MirasLM  # noqa: E402
+from miras.presets import moneta  # noqa: E402
 from miras.run.checkpoint import MODEL_FILE, load_trained  # noqa: E402
 from miras.train import ConfigError, TrainConfig, load_checkpoint, resume_config, save_checkpoint, train  # noqa: E402
 from miras.train.evaluation import eval_windows, unigram_log_probs  # noqa: E402
@@ -251,6 +253,19 @@ def test_a_given_step_count_is_not_cut_by_the_default_time_budget():
     assert TrainConfig().max_minutes == -1 and TrainConfig().max_steps == 1000  # the library: a step count
     assert TrainConfig(max_steps=1000).max_minutes == -1  # a step count alone runs all its steps
     assert TrainConfig(max_steps=1000, max_minutes=2).max_minutes == 2  # both given: whichever ends first
+
+
+def test_a_model_config_trains_as_given(tmp_path, data):
+    """TrainConfig.model: any ModelConfig (here a MemorySpec the presets do not name) trains as given, with the
+    tokenizer's vocabulary; config.json keeps it under "model", and its "train" names the model's preset."""
+    spec = moneta(p=2.0)
+    model = ModelConfig.from_size("tiny", preset="moneta", spec=spec, vocab_size=300, **TINY)
+    result = train(tiny_config(tmp_path, data, model=model, max_steps=2))
+    saved = json.loads((result.run_dir / "config.json").read_text())
+    assert ModelConfig.from_dict(saved["model"]) == dataclasses.replace(model, vocab_size=320)
+    assert saved["train"]["preset"] == "moneta" and "model" not in saved["train"]
+    with pytest.raises(ConfigError, match="^hidden_size: 64 disagrees with the given model's hidden_size=32"):
+        TrainConfig(model=model, hidden_size=64)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the device 'auto' picks must be the CPU")
