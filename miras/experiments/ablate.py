@@ -6,9 +6,9 @@ Studies:
 - yaad: Yaad without each of its components (Table 4, plus the ICLR version's "w/o RoPE"), as far as the design space
   expresses them; see `YAAD_VARIANTS`.
 
-Every point is trained and scored by `miras.experiments.compare.compare` under the same budget (same steps, tokens, seed and,
-by default, parameter count), so a study's folder has the same results.json / results.md / loss.png / runs/ layout and
-is resumable the same way. Numeric studies add ablation.png: validation perplexity against p or q.
+Every point is trained and scored by `miras.experiments.compare.compare` under the same budget (same steps, tokens,
+seed and, by default, parameter count), so a study's folder has the same results.json / results.md / loss.png / runs/
+layout and is resumable the same way. Numeric studies add ablation.png: validation perplexity against p or q.
 
 Only valid points are run. MemorySpec requires p >= 1 (for p < 1, |e|^p is not a norm and its gradient
 p·Sign(e)|e|^{p-1} is unbounded at e = 0; p in (1, 2) is kept finite by abs_eps) and q > 1 (the lq normalizer

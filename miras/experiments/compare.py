@@ -8,7 +8,8 @@ Each candidate (a preset, optionally with its MemorySpec or ModelConfig fields c
    (the width, and so the embedding, is the same for all, so total counts match too);
 2. scored by validation perplexity on every `val_data` set (the trainer's final evaluation: held-out State of the
    Union addresses and Wikipedia by default);
-3. trained from scratch on MQAR at the LM's own architecture (same width, depth, heads and MLP), `miras.experiments.mqar`;
+3. trained from scratch on MQAR at the LM's own architecture (same width, depth, heads and MLP),
+   `miras.experiments.mqar`;
 4. asked needle-in-a-haystack questions as a trained LM, `miras.eval.niah.evaluate_niah`.
 
 Results go to out_dir: results.json (the budget and one row per candidate), results.md (one table: rows = models;

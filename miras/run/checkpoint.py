@@ -59,7 +59,8 @@ def resumable_checkpoint(run_dir: str | os.PathLike) -> Path:
     path = latest_checkpoint(run_dir)
     missing = [name for name in (STATE_JSON, STATE_TENSORS) if not (path / name).is_file()]
     if missing:
-        raise CheckpointError(f"{path}: no training state ({', '.join(missing)} missing), so the run cannot be resumed; "
+        raise CheckpointError(f"{path}: no training state ({', '.join(missing)} missing), so the run cannot be "
+                              "resumed; "
                               "a run converted from a Hugging Face folder has weights only: train a new run from it "
                               "instead")
     return path
@@ -84,7 +85,8 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike) -> Path:
     try:
         load_model(model, str(path / MODEL_FILE), strict=True, device=str(device))
     except SafetensorError as e:
-        raise CheckpointError(f"{path / MODEL_FILE}: not a readable safetensors file ({e}); the checkpoint is damaged") from None
+        raise CheckpointError(f"{path / MODEL_FILE}: not a readable safetensors file ({e}); the checkpoint is "
+                              "damaged") from None
     except RuntimeError as e:  # names the missing / unexpected / mis-shaped tensors
         raise CheckpointError(f"{path / MODEL_FILE} does not fit this model: {e}") from None
     return path

@@ -1,4 +1,5 @@
-"""Writing and restoring training checkpoints, in safe formats only: nothing is unpickled when loading, so a checkpoint from anywhere cannot run code.
+"""Writing and restoring training checkpoints, in safe formats only: nothing is unpickled when loading, so a
+checkpoint from anywhere cannot run code.
 
 A run folder holds at most one complete checkpoint, named by its step, and a `latest` pointer:
 

@@ -72,8 +72,9 @@ class TrainConfig:
 
     # Optimization. One step = grad_accum micro-batches of batch_size x seq_len tokens (-1 seq_len: the size's
     # max_position_embeddings). The step budget is max_steps, or what fits in max_minutes of training (measured,
-    # miras/train/pace.py), whichever is smaller; -1 disables either (not both). No time budget unless asked for. batch_size is global: with N processes (torchrun) each trains on batch_size / N of the
-    # sequences, so a run computes the same steps on any number of processes.
+    # miras/train/pace.py), whichever is smaller; -1 disables either (not both). No time budget unless asked for.
+    # batch_size is global: with N processes (torchrun) each trains on batch_size / N of the sequences, so a run
+    # computes the same steps on any number of processes.
     seq_len: int = -1
     batch_size: int = 8
     grad_accum: int = 1

@@ -15,9 +15,9 @@ from miras.layers.weight_decay import NO_WEIGHT_DECAY
 
 
 def exempt_names(model: nn.Module) -> set[str]:
-    """Names of the parameters not to decay: those their module marked (miras/layers/weight_decay.py), and every other vector (biases and
-    scales; ndim < 2). Read from the unwrapped model before parallelize: FSDP's sharded parameters are new objects
-    without the mark, but keep their names."""
+    """Names of the parameters not to decay: those their module marked (miras/layers/weight_decay.py), and every
+    other vector (biases and scales; ndim < 2). Read from the unwrapped model before parallelize: FSDP's sharded
+    parameters are new objects without the mark, but keep their names."""
     return {name for name, p in model.named_parameters()
             if getattr(p, NO_WEIGHT_DECAY, False) or p.ndim < 2}
 

@@ -135,8 +135,9 @@ def _resume(run: Run) -> None:
         run.schedule.total = config.max_steps
         for group, base_lr in zip(run.optimizer.param_groups, run.scheduler.base_lrs):
             group["lr"] = base_lr * run.schedule(step)
-    if config.threads == -1 and run.counters.get("threads") and run.device.type == "cpu":
-        torch.set_num_threads(run.counters["threads"])  # what the first session's probe chose
+    lone_cpu = run.device.type == "cpu" and not run.distributed.enabled
+    if config.threads == -1 and run.counters.get("threads") and lone_cpu:
+        torch.set_num_threads(run.counters["threads"])  # what the first session's probe chose (a lone process)
     if run.main:
         run.history = run.metrics.truncate_after(step)
         # The flags a resume may change (RESUMABLE) go into config.json: it says what the run did.
