@@ -29,8 +29,8 @@ Protocol of `recall_accuracy` (one head, float32, `trials` independent sets of p
 start (mini-batch GD), per-token presets (the delta-rule family and the dot-bias ones) are the exact recurrence at
 every chunk size; chunk 1 is the per-token rule for every preset.
 
-η: the layer sets η = η_max·sigmoid(·), starting at 0.1·η_max (`eta_max` in miras/layers/miras_layer.py). The grid
-`ETA_SCALES` is in units of η_max. Dot-bias presets (linear_attention, retnet, mamba2) start from W = 0 and their
+η: the layer sets η = η_max·sigmoid(·), starting at 0.1·η_max (`eta_max` in miras/layers/miras_layer.py). The
+grid `ETA_SCALES` is in units of η_max. Dot-bias presets (linear_attention, retnet, mamba2) start from W = 0 and their
 write v kᵀ does not depend on W, so η scales the whole memory and the argmax of the cosine cannot change with it:
 their rows are flat (linear_attention and retnet fix η ≡ 1 in the layer; mamba2's gate starts at 0.1).
 
@@ -175,7 +175,8 @@ def markdown(result: dict) -> str:
     chunks, scales = s["chunks"], s["eta_scales"]
     lines = [f"# Recall capacity of one memory head (D = {s['head_dim']}, {s['trials']} trials, seed {s['seed']})", "",
              f"Capacity: the largest N of {s['n_pairs']} recalled with accuracy >= {s['capacity_level']} "
-             f"(unrounded; α = 1), per η (in units of the layer's η_max) and chunk size ({' / '.join(map(str, chunks))}).", "",
+             f"(unrounded; α = 1), per η (in units of the layer's η_max) and chunk size "
+             f"({' / '.join(map(str, chunks))}).", "",
              "| preset | η_max | " + " | ".join(f"{x}·η_max" for x in scales) + " |",
              "|---|---|" + "---|" * len(scales)]
     by = {(r["preset"], r["chunk"], r["eta_scale"]): r for r in result["rows"]}
