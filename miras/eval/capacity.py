@@ -67,21 +67,10 @@ FORGET_HEADS = 4  # the `tiny` model's heads: its α's run from the first head's
 RESULTS_FILE, TABLE_FILE = "capacity.json", "capacity.md"
 
 
-def recall_accuracy(
-    spec: MemorySpec,
-    n_pairs: int,
-    eta: float,
-    *,
-    head_dim: int = 64,
-    chunk_size: int = 64,
-    alpha: float | None = None,
-    trials: int = 8,
-    seed: int = 0,
-) -> float:
+def recall_accuracy(spec: MemorySpec, n_pairs: int, eta: float, **protocol) -> float:
     """Fraction of N written pairs that one memory head recalls (module docstring). eta: the writes' inner step;
-    alpha: the writes' retention (None: 1, no forgetting; ignored for retention 'none')."""
-    reads, values, order = recall_reads(spec, n_pairs, eta, head_dim=head_dim, chunk_size=chunk_size, alpha=alpha,
-                                        trials=trials, seed=seed)
+    protocol: `recall_reads`' keyword arguments (head_dim, chunk_size, alpha, trials, seed)."""
+    reads, values, order = recall_reads(spec, n_pairs, eta, **protocol)
     cos = F.normalize(reads, dim=-1) @ F.normalize(values, dim=-1).transpose(1, 2)  # [B, query, stored]
     return (cos.argmax(-1) == order).float().mean().item()
 
