@@ -76,8 +76,9 @@ class ModelConfig:
                              "data_dependent"). None for the transformer, which has no memory.
     head_dim:                per-head key = value dim; None means hidden_size // num_heads.
     intermediate_size:       SwiGLU hidden width; None means 8/3 hidden_size rounded up to a multiple of 64.
-    chunk_size:              tokens per chunk of the memory op: a semantic hyper-parameter (gradients inside a chunk
-                             are taken at the chunk's anchor), not only a speed knob.
+    chunk_size:              tokens per chunk of the memory op: a semantic hyper-parameter when the spec takes
+                             per-chunk gradients (gradients inside a chunk are taken at the chunk's anchor), only a
+                             speed knob when it takes per-token ones (`MemorySpec.gradients`).
     conv_size:               kernel of the causal depthwise conv on q, k, v (1: no mixing across tokens).
     use_rope, rope_theta:    rotary embeddings on q, k, in Miras and attention layers alike.
     gate_rank:               rank r of the gate projections x -> R^r -> R^H.

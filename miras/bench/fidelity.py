@@ -68,6 +68,8 @@ def run_fidelity(settings, shape, T: int = 2048, chunk: int = 64) -> dict:
         variants = [spec]
         if spec.nonlinear_retention:  # the other in-chunk rule too (the paper's literal scheme is "raw")
             variants.append(spec.replace(inchunk_steps="scaled" if spec.inchunk_steps == "raw" else "raw"))
+        if spec.per_token and spec.bias == "l2":  # the delta rule's mini-batch variant, a different function
+            variants.append(spec.replace(gradients="per_chunk"))
         for variant in variants:
             distances = fidelity(name, variant)
             rows.append({"preset": name, "default": variant == spec, "gradients": variant.gradients,
