@@ -1,5 +1,6 @@
-"""Evaluation: metrics (`miras.metrics`) and figures (`miras.plots`, imported on demand: it loads
-matplotlib)."""
+"""Evaluation: scoring trained models (perplexity, NIAH, MQAR accuracy, recall capacity); it trains none (that is
+miras.experiments). The metric primitives are re-exported from `miras.metrics`; figures are `miras.plots` (imported
+on demand: it loads matplotlib)."""
 
 from miras.metrics import (
     NLLAccumulator,
