@@ -28,10 +28,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
 SHIMS = {"miras.__main__", "miras.train.__main__", "miras.lmeval.__main__"}
 
 # (importer, imported) pairs made inside functions that may point up a floor, with the reason.
-LAZY: dict[tuple[str, str], str] = {
-    ("miras.bench.report", "miras.bench.fidelity"): "the report prints the fidelity table, and fidelity's own lazy "
-    "imports of bench.ops and bench.report close a circle inside bench (fidelity.py is not this test's to change)",
-}
+LAZY: dict[tuple[str, str], str] = {}
 
 
 def module_names() -> dict[str, Path]:

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from miras import presets
+from miras.bench.ops import op_call, train_fn
+from miras.bench.report import say
+from miras.bench.timing import compare
 from miras.config import ModelConfig
 from miras.layers.miras_layer import MirasLayer
 from miras.ops import chunk_miras
@@ -57,11 +61,6 @@ def run_fidelity(settings, shape, T: int = 2048, chunk: int = 64) -> dict:
     """The section: every preset's distance from its per-token rule at chunk 16 and 64, each non-linear retention
     under both in-chunk step rules, and the scaled rule's cost: fwd+bwd of the op under each rule, side by side
     (round-robin) on the benchmark's inputs at T."""
-    from miras import presets
-    from miras.bench.ops import op_call, train_fn
-    from miras.bench.report import say
-    from miras.bench.timing import compare
-
     rows = []
     for name in presets.PRESETS:
         spec = presets.get(name)
@@ -92,26 +91,3 @@ def run_fidelity(settings, shape, T: int = 2048, chunk: int = 64) -> dict:
         say(f"[fidelity] {name} fwd+bwd T={T}: raw {1e3 * raw:.1f} ms, scaled {1e3 * scaled:.1f} ms ({scaled / raw:.3f}x)")
     return {"seq_len": SEQ_LEN, "batch": BATCH, "size": "tiny", "chunk_sizes": list(CHUNK_SIZES), "rows": rows,
             "speed": speed}
-
-
-def markdown(section: dict) -> list[str]:
-    """bench.md's fidelity section."""
-    out = [f"## Fidelity: distance from the per-token rule (tiny layer at init, T={section['seq_len']}, "
-           f"B={section['batch']}, float64)", "",
-           "‖o_C − o_1‖ / ‖o_1‖: the op at chunk C against the same op at chunk 1 (every token's gradient at the state "
-           "the previous token left). `gradients=per_token` is exact at any chunk size; `per_chunk` is mini-batch GD "
-           "inside a chunk. For the non-linear retentions both in-chunk step rules are shown; `raw` is the paper's "
-           "literal parallel scheme, `default` marks the preset's own.", ""]
-    header = ["preset", "gradients", "inchunk_steps", "default", *(f"chunk {c}" for c in section["chunk_sizes"])]
-    out.append("| " + " | ".join(header) + " |")
-    out.append("|" + "---|" * len(header))
-    for r in section["rows"]:
-        cells = [r["preset"], r["gradients"], r["inchunk_steps"] or "—", "yes" if r["default"] else "",
-                 *(f"{100 * r[f'chunk_{c}']:.3g}%" for c in section["chunk_sizes"])]
-        out.append("| " + " | ".join(cells) + " |")
-    out += ["", "Cost of the scaled in-chunk steps (fwd+bwd, side by side):", "",
-            "| preset | T | raw ms | scaled ms | scaled / raw |", "|---|---|---|---|---|"]
-    for s in section["speed"]:
-        out.append(f"| {s['preset']} | {s['T']} | {1e3 * s['raw']['median_s']:.1f} | {1e3 * s['scaled']['median_s']:.1f} | "
-                   f"{s['scaled_over_raw']:.3f} |")
-    return out + [""]

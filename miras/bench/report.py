@@ -154,9 +154,7 @@ def markdown(results: dict) -> str:
                        for r in results["compile"]])
     out += _model_markdown(results.get("model", {}))
     if results.get("fidelity"):
-        from miras.bench.fidelity import markdown as fidelity_markdown
-
-        out += fidelity_markdown(results["fidelity"])
+        out += _fidelity_markdown(results["fidelity"])
     return "\n".join(out)
 
 
@@ -217,3 +215,26 @@ def write_all(results: dict, out_dir: Path) -> list[Path]:
     if plot_time_vs_T(results, out_dir / "time_vs_T.png"):
         paths.append(out_dir / "time_vs_T.png")
     return paths
+
+
+def _fidelity_markdown(section: dict) -> list[str]:
+    """bench.md's fidelity section (miras/bench/fidelity.py)."""
+    out = [f"## Fidelity: distance from the per-token rule (tiny layer at init, T={section['seq_len']}, "
+           f"B={section['batch']}, float64)", "",
+           "‖o_C − o_1‖ / ‖o_1‖: the op at chunk C against the same op at chunk 1 (every token's gradient at the state "
+           "the previous token left). `gradients=per_token` is exact at any chunk size; `per_chunk` is mini-batch GD "
+           "inside a chunk. For the non-linear retentions both in-chunk step rules are shown; `raw` is the paper's "
+           "literal parallel scheme, `default` marks the preset's own.", ""]
+    header = ["preset", "gradients", "inchunk_steps", "default", *(f"chunk {c}" for c in section["chunk_sizes"])]
+    out.append("| " + " | ".join(header) + " |")
+    out.append("|" + "---|" * len(header))
+    for r in section["rows"]:
+        cells = [r["preset"], r["gradients"], r["inchunk_steps"] or "—", "yes" if r["default"] else "",
+                 *(f"{100 * r[f'chunk_{c}']:.3g}%" for c in section["chunk_sizes"])]
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", "Cost of the scaled in-chunk steps (fwd+bwd, side by side):", "",
+            "| preset | T | raw ms | scaled ms | scaled / raw |", "|---|---|---|---|---|"]
+    for s in section["speed"]:
+        out.append(f"| {s['preset']} | {s['T']} | {1e3 * s['raw']['median_s']:.1f} | {1e3 * s['scaled']['median_s']:.1f} | "
+                   f"{s['scaled_over_raw']:.3f} |")
+    return out + [""]
