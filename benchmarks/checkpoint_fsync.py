@@ -52,8 +52,10 @@ def main() -> None:
             if step > 2:  # the first save of each variant pays one-off costs
                 times[variant].append(seconds)
         size = sum(p.stat().st_size for p in final.iterdir())
-    print(f"{args.size}: {model.num_parameters() / 1e6:.2f}M parameters, checkpoint {size / 1e6:.1f} MB, "
-          f"{args.repeats} saves each, in {Path(args.dir).resolve()}")
+    print(
+        f"{args.size}: {model.num_parameters() / 1e6:.2f}M parameters, checkpoint {size / 1e6:.1f} MB, "
+        f"{args.repeats} saves each, in {Path(args.dir).resolve()}"
+    )
     medians = {name: statistics.median(t) * 1e3 for name, t in times.items()}
     for name, ms in medians.items():
         low, high = min(times[name]) * 1e3, max(times[name]) * 1e3

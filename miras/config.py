@@ -28,11 +28,19 @@ TRANSFORMER = "transformer"
 # BPE, with a window of a quarter of their context so that hybrids still differ from full attention.
 SIZES: dict[str, dict] = {
     "tiny": dict(
-        vocab_size=8192, hidden_size=128, num_hidden_layers=2, num_heads=4, max_position_embeddings=256,
+        vocab_size=8192,
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_heads=4,
+        max_position_embeddings=256,
         attention_window=64,
     ),
     "small": dict(
-        vocab_size=8192, hidden_size=256, num_hidden_layers=4, num_heads=4, max_position_embeddings=512,
+        vocab_size=8192,
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_heads=4,
+        max_position_embeddings=512,
         attention_window=128,
     ),
     "170m": dict(vocab_size=32000, hidden_size=768, num_hidden_layers=12, num_heads=16),
@@ -125,15 +133,25 @@ class ModelConfig:
             value = getattr(self, name)
             if self.preset == TRANSFORMER:
                 if value is not None:
-                    raise ValueError(f"ModelConfig.{name} must be None when preset='transformer' (it has no memory "
-                                     "layers)")
+                    raise ValueError(
+                        f"ModelConfig.{name} must be None when preset='transformer' (it has no memory layers)"
+                    )
                 continue
             if value is None:
                 setattr(self, name, PRESET_GATES.get(self.preset, {}).get(name, allowed[0]))
             elif value not in allowed:
                 raise ValueError(f"ModelConfig.{name}={value!r} is not allowed; choose one of {', '.join(allowed)}")
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_heads", "chunk_size", "conv_size",
-                     "gate_rank", "attention_window", "max_position_embeddings"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_heads",
+            "chunk_size",
+            "conv_size",
+            "gate_rank",
+            "attention_window",
+            "max_position_embeddings",
+        ):
             _positive_int(name, getattr(self, name))
         _positive_int("hybrid_attention_every", self.hybrid_attention_every, low=0)
         for name in ("norm_eps", "initializer_range", "rope_theta"):

@@ -20,7 +20,7 @@ def resolve_device(
     error: Callable[[str, str], Exception] | None = None,
     cuda_fallback: bool = False,
 ) -> torch.device:
-    """"auto" (or None): CUDA when torch sees a GPU, else the CPU; "cpu", "cuda", "cuda:N" as given.
+    """ "auto" (or None): CUDA when torch sees a GPU, else the CPU; "cpu", "cuda", "cuda:N" as given.
 
     A bad name, or CUDA on a machine where torch sees none, raises `error(field, problem)` (default: a ValueError
     "<field>: <problem>"; pass train.config.ConfigError to raise that), or with `cuda_fallback` gives the CPU and

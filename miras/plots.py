@@ -70,7 +70,11 @@ def plot_niah_heatmap(
 
 
 def plot_position_loss(
-    curves: Mapping[str, Sequence[float]], path: str | os.PathLike, *, title: str = "loss by position", log_x: bool = True
+    curves: Mapping[str, Sequence[float]],
+    path: str | os.PathLike,
+    *,
+    title: str = "loss by position",
+    log_x: bool = True,
 ) -> None:
     """Mean loss at each token position, one line per model (e.g. NLLAccumulator.position_loss().tolist()).
 

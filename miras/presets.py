@@ -29,7 +29,9 @@ def memora(**overrides: object) -> MemorySpec:
     """Memora: 2-layer MLP, l2 bias, KL retention (softmax of logits), GD (Eq. 27), per-chunk gradients with the
     paper's lag token; in-chunk steps through the softmax's mean slope at the lag token, row-centered
     (`inchunk_steps="raw"` is the paper's scheme literally)."""
-    return MemorySpec(memory="mlp", bias="l2", retention="kl", algorithm="gd", inchunk_steps="scaled").replace(**overrides)
+    return MemorySpec(memory="mlp", bias="l2", retention="kl", algorithm="gd", inchunk_steps="scaled").replace(
+        **overrides
+    )
 
 
 def linear_attention(**overrides: object) -> MemorySpec:

@@ -142,7 +142,9 @@ class MemorySpec:
                 "per-token rule"
             )
         if self.abs_eps == 0 and (reason := self._unbounded_at_zero()):
-            raise ValueError(f"MemorySpec.abs_eps=0 with {reason}: NaN outputs or gradients where it is 0; use abs_eps > 0")
+            raise ValueError(
+                f"MemorySpec.abs_eps=0 with {reason}: NaN outputs or gradients where it is 0; use abs_eps > 0"
+            )
 
     def _no_exact_parallel_form(self) -> str | None:
         """Which choice of the spec rules out an exact chunk-parallel per-token form, as words; None when it has one."""

@@ -11,7 +11,9 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine 
 
 
 def test_auto_and_explicit_devices():
-    assert resolve_device("auto") == resolve_device(None) == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert (
+        resolve_device("auto") == resolve_device(None) == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     assert resolve_device("cpu") == torch.device("cpu")
 
 
@@ -32,8 +34,12 @@ def test_cuda_without_a_gpu_is_refused_or_falls_back_to_the_cpu():
 
 def test_check_int():
     assert check_int("n", 3) == 3 and check_int("seed", 0, low=0) == 0 and check_int("steps", -1, unset=-1) == -1
-    for value, message in ((0, "n must be >= 1, got 0"), (True, "n must be an integer, got True"),
-                           (2.0, "n must be an integer, got 2.0"), ("3", "n must be an integer, got '3'")):
+    for value, message in (
+        (0, "n must be >= 1, got 0"),
+        (True, "n must be an integer, got True"),
+        (2.0, "n must be an integer, got 2.0"),
+        ("3", "n must be an integer, got '3'"),
+    ):
         with pytest.raises(ValueError, match=f"^{message}$"):
             check_int("n", value)
     with pytest.raises(ConfigError, match=r"^steps: must be >= 1 \(or -1: unset\), got -2$"):

@@ -104,16 +104,19 @@ def arrows_up(edges: dict[str, list[tuple[str, bool]]]) -> list[str]:
             continue
         for target, lazy in targets:
             if floors[room(target)] > floors[room(source)] and not (lazy and (source, target) in LAZY):
-                bad.append(f"{source} -> {target}{' (inside a function)' if lazy else ''}: floor "
-                           f"{floors[room(source)]} ({room(source)}) imports floor {floors[room(target)]} "
-                           f"({room(target)})")
+                bad.append(
+                    f"{source} -> {target}{' (inside a function)' if lazy else ''}: floor "
+                    f"{floors[room(source)]} ({room(source)}) imports floor {floors[room(target)]} "
+                    f"({room(target)})"
+                )
     return bad
 
 
 def cycles(edges: dict[str, list[tuple[str, bool]]]) -> list[list[str]]:
     """One cycle per back edge found by a depth-first search (shims and allowed lazy imports left out)."""
-    adjacency = {s: sorted({t for t, lazy in ts if not (lazy and (s, t) in LAZY)}) for s, ts in edges.items()
-                 if s not in SHIMS}
+    adjacency = {
+        s: sorted({t for t, lazy in ts if not (lazy and (s, t) in LAZY)}) for s, ts in edges.items() if s not in SHIMS
+    }
     state: dict[str, int] = {}  # 1: on the stack, 2: done
     stack: list[str] = []
     found = []
@@ -123,7 +126,7 @@ def cycles(edges: dict[str, list[tuple[str, bool]]]) -> list[list[str]]:
         stack.append(node)
         for nxt in adjacency.get(node, ()):
             if state.get(nxt) == 1:
-                found.append(stack[stack.index(nxt):] + [nxt])
+                found.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 dfs(nxt)
         stack.pop()
@@ -159,8 +162,10 @@ def test_lazy_exceptions_still_exist():
 
 if __name__ == "__main__":
     edges = graph()
-    print(f"modules {len(edges)}, rooms {len({room(m) for m in edges})}, floors {len(FLOORS)}, "
-          f"arrows up {len(arrows_up(edges))}, cycles {len(cycles(edges))}")
+    print(
+        f"modules {len(edges)}, rooms {len({room(m) for m in edges})}, floors {len(FLOORS)}, "
+        f"arrows up {len(arrows_up(edges))}, cycles {len(cycles(edges))}"
+    )
     for line in arrows_up(edges):
         print("  up:", line)
     for c in cycles(edges):

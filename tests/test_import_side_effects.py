@@ -61,10 +61,12 @@ def test_the_install_adds_no_start_up_code_to_site_packages():
 
 
 def test_import_miras_hf_auto_registers_the_auto_classes():
-    code = ("import miras.hf.auto; from transformers import CONFIG_MAPPING; "
-            "from transformers import AutoModelForCausalLM; from miras.hf import MirasConfig, MirasForCausalLM; "
-            "print('miras' in CONFIG_MAPPING, AutoModelForCausalLM.from_config(MirasConfig(num_hidden_layers=1, "
-            "hidden_size=16, num_heads=2, vocab_size=32)).__class__ is MirasForCausalLM)")
+    code = (
+        "import miras.hf.auto; from transformers import CONFIG_MAPPING; "
+        "from transformers import AutoModelForCausalLM; from miras.hf import MirasConfig, MirasForCausalLM; "
+        "print('miras' in CONFIG_MAPPING, AutoModelForCausalLM.from_config(MirasConfig(num_hidden_layers=1, "
+        "hidden_size=16, num_heads=2, vocab_size=32)).__class__ is MirasForCausalLM)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["True", "True"]

@@ -95,9 +95,16 @@ def fla_chunk_gated_delta_rule() -> tuple[Callable | None, str]:
         how = "fla.ops.gated_delta_rule.naive.naive_chunk_gated_delta_rule"
     except Exception as error:  # ImportError (no triton), or triton failing to find a driver
         spec = importlib.util.find_spec("fla")  # locates the package without running its __init__
-        path = None if spec is None else Path(next(iter(spec.submodule_search_locations or []), "")) / "ops/gated_delta_rule/naive.py"
+        path = (
+            None
+            if spec is None
+            else Path(next(iter(spec.submodule_search_locations or []), "")) / "ops/gated_delta_rule/naive.py"
+        )
         if path is None or not path.is_file():
-            return None, f"fla not installed (`pip install fla-core==0.6.0`: import failed with {type(error).__name__}: {error})"
+            return (
+                None,
+                f"fla not installed (`pip install fla-core==0.6.0`: import failed with {type(error).__name__}: {error})",
+            )
         module_spec = importlib.util.spec_from_file_location("miras_bench_fla_gated_delta_rule_naive", path)
         module = importlib.util.module_from_spec(module_spec)
         try:
@@ -122,12 +129,16 @@ class OpWithProjections(nn.Module):
     q/k/v projections (q, k l2-normalized), per-head gate projections, learned initial memory weights and an output
     projection. No short conv, norms or output gate (NeuralMemory has no conv; its RMSNorms are cheap)."""
 
-    def __init__(self, spec: MemorySpec, dim: int, heads: int, head_dim: int, chunk_size: int, compile_steps: bool = False):
+    def __init__(
+        self, spec: MemorySpec, dim: int, heads: int, head_dim: int, chunk_size: int, compile_steps: bool = False
+    ):
         super().__init__()
         self.spec, self.heads, self.head_dim, self.chunk_size = spec, heads, head_dim, chunk_size
         self.compile_steps = compile_steps
         self.gate_names = ["eta"] + (["alpha"] if spec.retention != "none" else [])
-        self.gate_names += (["momentum"] if spec.algorithm == "momentum" else []) + (["delta"] if spec.bias == "huber" else [])
+        self.gate_names += (["momentum"] if spec.algorithm == "momentum" else []) + (
+            ["delta"] if spec.bias == "huber" else []
+        )
         self.qkv = nn.Linear(dim, 3 * heads * head_dim, bias=False)
         self.gates = nn.Linear(dim, len(self.gate_names) * heads)
         self.out = nn.Linear(heads * head_dim, dim, bias=False)
@@ -145,8 +156,16 @@ class OpWithProjections(nn.Module):
             "delta": F.softplus(raw["delta"]) if "delta" in raw else None,
         }
         o, _ = chunk_miras(
-            F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, gates["eta"], gates["alpha"], spec=self.spec,
-            chunk_size=self.chunk_size, momentum=gates["momentum"], delta=gates["delta"],
-            initial_state=tuple(w.expand(B, *w.shape[1:]) for w in self.memory), compile_steps=self.compile_steps,
+            F.normalize(q, dim=-1),
+            F.normalize(k, dim=-1),
+            v,
+            gates["eta"],
+            gates["alpha"],
+            spec=self.spec,
+            chunk_size=self.chunk_size,
+            momentum=gates["momentum"],
+            delta=gates["delta"],
+            initial_state=tuple(w.expand(B, *w.shape[1:]) for w in self.memory),
+            compile_steps=self.compile_steps,
         )
         return self.out(o.reshape(B, T, -1))

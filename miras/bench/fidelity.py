@@ -26,8 +26,9 @@ SEQ_LEN = 256
 BATCH = 2
 
 
-def layer_inputs(preset: str, spec: MemorySpec | None = None, seq_len: int = SEQ_LEN, batch: int = BATCH,
-                 seed: int = 0) -> tuple[MemorySpec, dict]:
+def layer_inputs(
+    preset: str, spec: MemorySpec | None = None, seq_len: int = SEQ_LEN, batch: int = BATCH, seed: int = 0
+) -> tuple[MemorySpec, dict]:
     """The op's arguments (q, k, v, gates, initial memory) from a freshly initialized tiny layer of `preset` (with
     `spec` in place of the preset's, if given) on N(0, 1) hidden states, in float64. The layer's initialization
     draws from torch's global generator: it runs inside fork_rng, so the caller's random state is untouched."""
@@ -47,11 +48,15 @@ def distance_from_per_token_rule(spec: MemorySpec, args: dict, chunk_sizes=CHUNK
     """{chunk size: ‖o_C - o_1‖ / ‖o_1‖} for the op's arguments `args` (as `layer_inputs` gives them)."""
     with torch.no_grad():
         exact, _ = chunk_miras(spec=spec, chunk_size=1, **args)
-        return {c: float((chunk_miras(spec=spec, chunk_size=c, **args)[0] - exact).norm() / exact.norm())
-                for c in chunk_sizes}
+        return {
+            c: float((chunk_miras(spec=spec, chunk_size=c, **args)[0] - exact).norm() / exact.norm())
+            for c in chunk_sizes
+        }
 
 
-def fidelity(preset: str, spec: MemorySpec | None = None, chunk_sizes=CHUNK_SIZES, seq_len: int = SEQ_LEN) -> dict[int, float]:
+def fidelity(
+    preset: str, spec: MemorySpec | None = None, chunk_sizes=CHUNK_SIZES, seq_len: int = SEQ_LEN
+) -> dict[int, float]:
     """The distance of `preset` (or `spec` with `preset`'s layer) from its per-token rule at each chunk size."""
     spec, args = layer_inputs(preset, spec, seq_len)
     return distance_from_per_token_rule(spec, args, chunk_sizes)
@@ -71,23 +76,49 @@ def run_fidelity(settings, shape, T: int = 2048, chunk: int = 64) -> dict:
             variants.append(spec.replace(gradients="per_chunk"))
         for variant in variants:
             distances = fidelity(name, variant)
-            rows.append({"preset": name, "default": variant == spec, "gradients": variant.gradients,
-                         "inchunk_steps": variant.inchunk_steps if variant.nonlinear_retention else None,
-                         **{f"chunk_{c}": d for c, d in distances.items()}})
-            say(f"[fidelity] {name} (gradients={variant.gradients}"
-                + (f", inchunk_steps={variant.inchunk_steps}" if variant.nonlinear_retention else "") + "): "
-                + ", ".join(f"chunk {c} {100 * d:.3g}%" for c, d in distances.items()))
+            rows.append(
+                {
+                    "preset": name,
+                    "default": variant == spec,
+                    "gradients": variant.gradients,
+                    "inchunk_steps": variant.inchunk_steps if variant.nonlinear_retention else None,
+                    **{f"chunk_{c}": d for c, d in distances.items()},
+                }
+            )
+            say(
+                f"[fidelity] {name} (gradients={variant.gradients}"
+                + (f", inchunk_steps={variant.inchunk_steps}" if variant.nonlinear_retention else "")
+                + "): "
+                + ", ".join(f"chunk {c} {100 * d:.3g}%" for c, d in distances.items())
+            )
     speed = []
     for name in ("moneta", "memora"):
         fns = {}
         for steps in ("raw", "scaled"):
-            call = op_call(chunk_miras, presets.get(name, inchunk_steps=steps), shape, T, chunk, settings.device,
-                           settings.dtype)
+            call = op_call(
+                chunk_miras, presets.get(name, inchunk_steps=steps), shape, T, chunk, settings.device, settings.dtype
+            )
             fns[steps] = train_fn(call.output, call.leaves)
         timings = compare(fns, device=settings.device, repeats=settings.repeats, warmup=settings.warmup)
         raw, scaled = timings["raw"].median, timings["scaled"].median
-        speed.append({"preset": name, "T": T, "chunk_size": chunk, "raw": timings["raw"].to_dict(),
-                      "scaled": timings["scaled"].to_dict(), "scaled_over_raw": scaled / raw})
-        say(f"[fidelity] {name} fwd+bwd T={T}: raw {1e3 * raw:.1f} ms, scaled {1e3 * scaled:.1f} ms ({scaled / raw:.3f}x)")
-    return {"seq_len": SEQ_LEN, "batch": BATCH, "size": "tiny", "chunk_sizes": list(CHUNK_SIZES), "rows": rows,
-            "speed": speed}
+        speed.append(
+            {
+                "preset": name,
+                "T": T,
+                "chunk_size": chunk,
+                "raw": timings["raw"].to_dict(),
+                "scaled": timings["scaled"].to_dict(),
+                "scaled_over_raw": scaled / raw,
+            }
+        )
+        say(
+            f"[fidelity] {name} fwd+bwd T={T}: raw {1e3 * raw:.1f} ms, scaled {1e3 * scaled:.1f} ms ({scaled / raw:.3f}x)"
+        )
+    return {
+        "seq_len": SEQ_LEN,
+        "batch": BATCH,
+        "size": "tiny",
+        "chunk_sizes": list(CHUNK_SIZES),
+        "rows": rows,
+        "speed": speed,
+    }

@@ -19,12 +19,22 @@ from miras.ops.torch_workarounds import compile_keeping_saved_tensors
 
 def _models(names: tuple[str, ...], size: str, max_len: int, device, dtype) -> dict:
     torch.manual_seed(0)
-    return {name: MirasLM(ModelConfig.from_size(size, preset=name, max_position_embeddings=max_len)).to(device=device, dtype=dtype)
-            for name in names}
+    return {
+        name: MirasLM(ModelConfig.from_size(size, preset=name, max_position_embeddings=max_len)).to(
+            device=device, dtype=dtype
+        )
+        for name in names
+    }
 
 
-def run_train(settings: Settings, names: tuple[str, ...], size: str, seq_lens: list[int], batch: int,
-              compiled: tuple[str, ...] = ()) -> dict:
+def run_train(
+    settings: Settings,
+    names: tuple[str, ...],
+    size: str,
+    seq_lens: list[int],
+    batch: int,
+    compiled: tuple[str, ...] = (),
+) -> dict:
     """One optimizer step per call: zero_grad, loss on next-token labels, backward, AdamW.step; the models run
     round-robin at each T. compiled: these models also run as "NAME --compile", a copy trained the way
     `miras train --compile` trains (compiled chunk steps, the rest of the model under torch.compile); its first
@@ -50,8 +60,16 @@ def run_train(settings: Settings, names: tuple[str, ...], size: str, seq_lens: l
             fns[name] = step
         timings = compare(fns, device=settings.device, repeats=settings.repeats, warmup=settings.warmup)
         for name, t in timings.items():
-            rows.append({"model": name, "params": models[name].num_parameters(), "T": T, "batch": batch, **t.to_dict(),
-                         "tokens_per_s": batch * T / t.median})
+            rows.append(
+                {
+                    "model": name,
+                    "params": models[name].num_parameters(),
+                    "T": T,
+                    "batch": batch,
+                    **t.to_dict(),
+                    "tokens_per_s": batch * T / t.median,
+                }
+            )
         say(f"[model train] T={T}: " + ", ".join(f"{n} {batch * T / t.median:.0f} tok/s" for n, t in timings.items()))
     how = f"size {size!r}, batch {batch}, AdamW"
     if compiled:
@@ -81,7 +99,10 @@ def run_decode(settings: Settings, names: tuple[str, ...], size: str, contexts: 
         timings = compare(fns, device=settings.device, repeats=steps, warmup=settings.warmup)
         for ctx in contexts:
             rows.append({"model": name, "context": ctx, **timings[str(ctx)].to_dict()})
-        say(f"[model decode] {name}: " + ", ".join(f"ctx {c} {1e3 * timings[str(c)].median:.2f} ms/token" for c in contexts))
+        say(
+            f"[model decode] {name}: "
+            + ", ".join(f"ctx {c} {1e3 * timings[str(c)].median:.2f} ms/token" for c in contexts)
+        )
     out = {"how": f"size {size!r}, batch 1, median of {steps} steps per context", "rows": rows}
     short, long = min(contexts), max(contexts)
     miras_rows = {r["context"]: r["median_s"] for r in rows if r["model"] == names[0]}
@@ -90,9 +111,19 @@ def run_decode(settings: Settings, names: tuple[str, ...], size: str, contexts: 
     return out
 
 
-def run_model(settings: Settings, *, names: tuple[str, ...], size: str, train_seq_lens: list[int], batch: int,
-              decode_contexts: list[int], decode_steps: int) -> dict:
+def run_model(
+    settings: Settings,
+    *,
+    names: tuple[str, ...],
+    size: str,
+    train_seq_lens: list[int],
+    batch: int,
+    decode_contexts: list[int],
+    decode_steps: int,
+) -> dict:
     """Both model benchmarks; names[0] is the Miras model whose decode ratio (longest over shortest context) is
     reported, and which also trains with --compile."""
-    return {"train": run_train(settings, names, size, train_seq_lens, batch, compiled=names[:1]),
-            "decode": run_decode(settings, names, size, decode_contexts, decode_steps)}
+    return {
+        "train": run_train(settings, names, size, train_seq_lens, batch, compiled=names[:1]),
+        "decode": run_decode(settings, names, size, decode_contexts, decode_steps),
+    }

@@ -75,7 +75,9 @@ class OpCall:
         return dataclasses.replace(self, op=op)
 
 
-def op_call(op: Callable, spec: MemorySpec, shape: Shape, T: int, chunk_size: int, device, dtype, seed: int = 0) -> OpCall:
+def op_call(
+    op: Callable, spec: MemorySpec, shape: Shape, T: int, chunk_size: int, device, dtype, seed: int = 0
+) -> OpCall:
     B, H, D = shape.batch, shape.heads, shape.head_dim
     g = torch.Generator().manual_seed(seed)
 
@@ -98,8 +100,13 @@ def op_call(op: Callable, spec: MemorySpec, shape: Shape, T: int, chunk_size: in
     kwargs = {"momentum": leaf(momentum), "delta": leaf(delta)}
     if memory is not None:
         # The op computes in float32 whatever the input dtype; a layer keeps its initial weights in float32 too.
-        kwargs["initial_state"] = tuple(w.to(device=device, dtype=torch.float32 if dtype != torch.float64 else dtype).requires_grad_() for w in memory)
-    leaves = [x for x in (*args, kwargs["momentum"], kwargs["delta"], *kwargs.get("initial_state", ())) if x is not None]
+        kwargs["initial_state"] = tuple(
+            w.to(device=device, dtype=torch.float32 if dtype != torch.float64 else dtype).requires_grad_()
+            for w in memory
+        )
+    leaves = [
+        x for x in (*args, kwargs["momentum"], kwargs["delta"], *kwargs.get("initial_state", ())) if x is not None
+    ]
     return OpCall(op, spec, chunk_size, args, kwargs, leaves)
 
 
@@ -126,7 +133,10 @@ def train_fn(output: Callable[[], torch.Tensor], leaves: list[torch.Tensor]) -> 
 
 def sdpa_call(shape: Shape, T: int, device, dtype) -> tuple[Callable[[], torch.Tensor], list[torch.Tensor]]:
     """Causal softmax attention with the same batch, heads and head dim (layout [B, H, T, D])."""
-    qkv = [torch.randn(shape.batch, shape.heads, T, shape.head_dim, device=device, dtype=dtype, requires_grad=True) for _ in range(3)]
+    qkv = [
+        torch.randn(shape.batch, shape.heads, T, shape.head_dim, device=device, dtype=dtype, requires_grad=True)
+        for _ in range(3)
+    ]
     return (lambda: F.scaled_dot_product_attention(*qkv, is_causal=True)), qkv
 
 
@@ -209,7 +219,9 @@ def _check_results(op: Callable, spec: MemorySpec, device, chunk_size: int, T: i
     return [o, *torch.autograd.grad(o, call.leaves, cotangent)]
 
 
-def check_correctness(preset_names: list[str], device, chunk_size: int = 16, T: int = 37, tol: float = 1e-8) -> list[dict]:
+def check_correctness(
+    preset_names: list[str], device, chunk_size: int = 16, T: int = 37, tol: float = 1e-8
+) -> list[dict]:
     """chunk_miras against naive_recurrent_miras in float64 on a short sequence (two full chunks and a partial one):
     the output and the gradient of every input. Raises CorrectnessError on any disagreement above tol (relative to
     the largest entry)."""
@@ -220,11 +232,15 @@ def check_correctness(preset_names: list[str], device, chunk_size: int = 16, T: 
         rows.append({"preset": name, "T": T, "chunk_size": chunk_size, "max_rel_err": err, "tol": tol})
         say(f"[check] {name}: chunk vs naive, output and all gradients, max rel err {err:.1e}")
         if not err <= tol:
-            raise CorrectnessError(f"chunk_miras disagrees with naive_recurrent_miras for preset {name}: max rel err {err:.3e} > {tol:g}")
+            raise CorrectnessError(
+                f"chunk_miras disagrees with naive_recurrent_miras for preset {name}: max rel err {err:.3e} > {tol:g}"
+            )
     return rows
 
 
-def run_grid(settings: Settings, shape: Shape, preset_names: list[str], seq_lens: list[int], chunk_sizes: list[int]) -> list[dict]:
+def run_grid(
+    settings: Settings, shape: Shape, preset_names: list[str], seq_lens: list[int], chunk_sizes: list[int]
+) -> list[dict]:
     """Time (fwd, fwd+bwd) and peak memory of the op for every preset × chunk size × T, one row each (sorted by
     preset, chunk size, T); causal SDPA with the same shapes is timed at the first chunk size.
 
@@ -247,12 +263,21 @@ def run_grid(settings: Settings, shape: Shape, preset_names: list[str], seq_lens
                 fns |= {(SDPA, "sdpa_fwd"): forward_fn(attn), (SDPA, "sdpa_fwdbwd"): train_fn(attn, qkv)}
             timings = compare(fns, device=dev, repeats=settings.repeats, warmup=settings.warmup)
             tokens = shape.batch * T
-            measured = {key: t.to_dict() | {"tokens_per_s": tokens / t.median, "peak_bytes": peak_memory(fns[key], dev)}
-                        for key, t in timings.items()}
+            measured = {
+                key: t.to_dict() | {"tokens_per_s": tokens / t.median, "peak_bytes": peak_memory(fns[key], dev)}
+                for key, t in timings.items()
+            }
             sdpa = {kind: m for (name, kind), m in measured.items() if name == SDPA}
             for name in preset_names:
-                row = {"preset": name, "chunk_size": chunk, "T": T, "tokens": tokens,
-                       "fwd": measured[name, "fwd"], "fwdbwd": measured[name, "fwdbwd"], **sdpa}
+                row = {
+                    "preset": name,
+                    "chunk_size": chunk,
+                    "T": T,
+                    "tokens": tokens,
+                    "fwd": measured[name, "fwd"],
+                    "fwdbwd": measured[name, "fwdbwd"],
+                    **sdpa,
+                }
                 if dev.type == "cpu":
                     row["fwdbwd"]["rss_rise_bytes"] = rss_rise(fns[name, "fwdbwd"])
                 rows.append(row)
@@ -280,8 +305,13 @@ def sdpa_crossover(rows: list[dict]) -> list[dict]:
     for name in dict.fromkeys(r["preset"] for r in rows):
         timed = [r for r in rows if r["preset"] == name and "sdpa_fwdbwd" in r]
         pts = sorted((r["T"], r["fwdbwd"]["median_s"], r["sdpa_fwdbwd"]["median_s"]) for r in timed)
-        entry = {"preset": name, "chunk_size": timed[0]["chunk_size"], "max_T": pts[-1][0],
-                 "ratio_sdpa_over_op": {T: s / o for T, o, s in pts}, "faster_at_T": [T for T, o, s in pts if o < s]}
+        entry = {
+            "preset": name,
+            "chunk_size": timed[0]["chunk_size"],
+            "max_T": pts[-1][0],
+            "ratio_sdpa_over_op": {T: s / o for T, o, s in pts},
+            "faster_at_T": [T for T, o, s in pts if o < s],
+        }
         tail = [i for i in range(len(pts)) if all(o < s for _, o, s in pts[i:])]
         if tail:
             i = tail[0]
@@ -293,8 +323,11 @@ def sdpa_crossover(rows: list[dict]) -> list[dict]:
             entry |= {"crossover_T": pts[i][0], "crossing_T": crossing, "how": "measured"}
         else:
             t_max, op, sdpa = pts[-1]
-            entry |= {"crossover_T": None, "crossing_T": round(t_max * op / sdpa),
-                      "how": f"extrapolated from T={t_max} with op ∝ T, SDPA ∝ T²"}
+            entry |= {
+                "crossover_T": None,
+                "crossing_T": round(t_max * op / sdpa),
+                "how": f"extrapolated from T={t_max} with op ∝ T, SDPA ∝ T²",
+            }
         out.append(entry)
     return out
 
@@ -310,21 +343,42 @@ def run_naive(settings: Settings, shape: Shape, preset: str = "moneta", T: int =
     slow = fast.with_op(naive_recurrent_miras)
     short = op_call(naive_recurrent_miras, spec, shape, chunk, chunk, dev, dt)
     timings = compare(
-        {"chunk": train_fn(fast.output, fast.leaves), "chunk_compile_steps": train_fn(steps.output, steps.leaves),
-         "naive": train_fn(slow.output, slow.leaves)},
-        device=dev, repeats={"chunk": settings.repeats, "chunk_compile_steps": settings.repeats, "naive": settings.slow_repeats},
-        warmup=settings.warmup, warmup_fns={"naive": train_fn(short.output, short.leaves)},
+        {
+            "chunk": train_fn(fast.output, fast.leaves),
+            "chunk_compile_steps": train_fn(steps.output, steps.leaves),
+            "naive": train_fn(slow.output, slow.leaves),
+        },
+        device=dev,
+        repeats={"chunk": settings.repeats, "chunk_compile_steps": settings.repeats, "naive": settings.slow_repeats},
+        warmup=settings.warmup,
+        warmup_fns={"naive": train_fn(short.output, short.leaves)},
     )
     speedup = timings["naive"].median / timings["chunk"].median
     speedup_steps = timings["naive"].median / timings["chunk_compile_steps"].median
-    say(f"[naive] {preset} T={T} chunk={chunk}: chunk {_ms(timings['chunk'])}, with compile_steps "
-        f"{_ms(timings['chunk_compile_steps'])}, naive {_ms(timings['naive'])}: {speedup:.1f}x, {speedup_steps:.1f}x")
-    return {"preset": preset, "T": T, "chunk_size": chunk, "shape": dataclasses.asdict(shape),
-            "chunk": timings["chunk"].to_dict(), "chunk_compile_steps": timings["chunk_compile_steps"].to_dict(),
-            "naive": timings["naive"].to_dict(), "speedup": speedup, "speedup_compile_steps": speedup_steps}
+    say(
+        f"[naive] {preset} T={T} chunk={chunk}: chunk {_ms(timings['chunk'])}, with compile_steps "
+        f"{_ms(timings['chunk_compile_steps'])}, naive {_ms(timings['naive'])}: {speedup:.1f}x, {speedup_steps:.1f}x"
+    )
+    return {
+        "preset": preset,
+        "T": T,
+        "chunk_size": chunk,
+        "shape": dataclasses.asdict(shape),
+        "chunk": timings["chunk"].to_dict(),
+        "chunk_compile_steps": timings["chunk_compile_steps"].to_dict(),
+        "naive": timings["naive"].to_dict(),
+        "speedup": speedup,
+        "speedup_compile_steps": speedup_steps,
+    }
 
 
-def run_memory_scaling(settings: Settings, shape: Shape, preset_names: list[str], seq_lens: tuple[int, int] = (8192, 16384), chunk: int = 64) -> list[dict]:
+def run_memory_scaling(
+    settings: Settings,
+    shape: Shape,
+    preset_names: list[str],
+    seq_lens: tuple[int, int] = (8192, 16384),
+    chunk: int = 64,
+) -> list[dict]:
     """Peak training memory (op fwd+bwd) at two lengths, and its ratio (linear in T: near the ratio of the lengths).
     On a CPU also the rise of the process's resident set (timing.rss_rise), the operating system's view."""
     rows = []
@@ -335,11 +389,19 @@ def run_memory_scaling(settings: Settings, shape: Shape, preset_names: list[str]
             fns[T] = train_fn(call.output, call.leaves)
         peak = {T: peak_memory(fn, settings.device) for T, fn in fns.items()}
         row = {"preset": name, "chunk_size": chunk, "peak_bytes": peak, "ratio": peak[seq_lens[1]] / peak[seq_lens[0]]}
-        line = f"[memory] {name}: peak fwd+bwd " + ", ".join(f"T={T} {b / 2**20:.0f} MiB" for T, b in peak.items()) + f": ratio {row['ratio']:.2f}"
+        line = (
+            f"[memory] {name}: peak fwd+bwd "
+            + ", ".join(f"T={T} {b / 2**20:.0f} MiB" for T, b in peak.items())
+            + f": ratio {row['ratio']:.2f}"
+        )
         rss = {T: rss_rise(fn) for T, fn in fns.items()} if settings.device.type == "cpu" else {}
         if rss and None not in rss.values():
             row |= {"rss_rise_bytes": rss, "rss_ratio": rss[seq_lens[1]] / rss[seq_lens[0]]}
-            line += "; resident set rise " + ", ".join(f"{b / 2**20:.0f} MiB" for b in rss.values()) + f": ratio {row['rss_ratio']:.2f}"
+            line += (
+                "; resident set rise "
+                + ", ".join(f"{b / 2**20:.0f} MiB" for b in rss.values())
+                + f": ratio {row['rss_ratio']:.2f}"
+            )
         rows.append(row)
         say(line)
     return rows
@@ -369,7 +431,9 @@ def _gated_deltanet_op(q, k, v, beta, g, chunk_size: int):
     return chunk_miras(q, k, v, beta, g.exp(), spec=presets.gated_deltanet(), chunk_size=chunk_size)[0]
 
 
-def run_linear(settings: Settings, shape: Shape, T: int = 8192, chunk: int = 64, preset_names: tuple[str, ...] = LINEAR_PRESETS) -> dict:
+def run_linear(
+    settings: Settings, shape: Shape, T: int = 8192, chunk: int = 64, preset_names: tuple[str, ...] = LINEAR_PRESETS
+) -> dict:
     """Linear-memory presets (fwd+bwd) beside (a) chunked gated delta rules in the WY/UT form, each checked against a
     token loop first: fla's pure-PyTorch `naive_chunk_gated_delta_rule` when fla is installed (the reference
     of the gated_deltanet comparison), and always our hand-written stand-in (solve_triangular where fla loops over the
@@ -389,7 +453,9 @@ def run_linear(settings: Settings, shape: Shape, T: int = 8192, chunk: int = 64,
     B, H, D = shape.batch, shape.heads, shape.head_dim
     err = _check_gdn(baselines.chunk_gated_delta_rule, dev)
     if not err <= 1e-8:
-        raise CorrectnessError(f"the chunked gated delta rule stand-in disagrees with its token loop: max rel err {err:.3e}")
+        raise CorrectnessError(
+            f"the chunked gated delta rule stand-in disagrees with its token loop: max rel err {err:.3e}"
+        )
     say(f"[linear] gated delta rule stand-in vs token loop: max rel err {err:.1e}")
     fla, fla_note = baselines.fla_chunk_gated_delta_rule()
     if fla is not None:
@@ -402,9 +468,13 @@ def run_linear(settings: Settings, shape: Shape, T: int = 8192, chunk: int = 64,
     say(f"[linear] fla: {fla_note}")
     ours = _check_gdn(_gated_deltanet_op, dev)
     if not ours <= 1e-8:
-        raise CorrectnessError(f"chunk_miras(gated_deltanet) is not the gated delta rule: max rel err {ours:.3e} against "
-                               "its token loop; not comparing it with the chunked delta rules")
-    say(f"[linear] chunk_miras(gated_deltanet) vs the gated delta rule's token loop: max rel err {ours:.1e} (same function)")
+        raise CorrectnessError(
+            f"chunk_miras(gated_deltanet) is not the gated delta rule: max rel err {ours:.3e} against "
+            "its token loop; not comparing it with the chunked delta rules"
+        )
+    say(
+        f"[linear] chunk_miras(gated_deltanet) vs the gated delta rule's token loop: max rel err {ours:.1e} (same function)"
+    )
 
     specs = {name: presets.get(name) for name in preset_names}
     if "gated_deltanet" in specs:
@@ -432,25 +502,51 @@ def run_linear(settings: Settings, shape: Shape, T: int = 8192, chunk: int = 64,
         if name == "matmul":
             continue
         achieved = flops[name] / t.median / 1e9
-        row = {"name": name, **t.to_dict(), "tokens_per_s": B * T / t.median,
-               "speedup_vs_standin": timings["gdn_standin"].median / t.median,
-               "speedup_vs_fla": timings["fla_naive_chunk"].median / t.median if fla is not None else None,
-               "flops_fwdbwd": flops[name], "gflops": achieved, "fraction_of_matmul": achieved / roof}
+        row = {
+            "name": name,
+            **t.to_dict(),
+            "tokens_per_s": B * T / t.median,
+            "speedup_vs_standin": timings["gdn_standin"].median / t.median,
+            "speedup_vs_fla": timings["fla_naive_chunk"].median / t.median if fla is not None else None,
+            "flops_fwdbwd": flops[name],
+            "gflops": achieved,
+            "fraction_of_matmul": achieved / roof,
+        }
         if name in calls:
             row["flops_fwdbwd_counted"] = counted_flops(fns[name])
         rows.append(row)
-        say(f"[linear] {name} T={T}: fwd+bwd {_ms(t)}, {B * T / t.median:.0f} tok/s, "
-            f"{achieved:.1f} GFLOP/s = {100 * achieved / roof:.1f}% of matmul")
+        say(
+            f"[linear] {name} T={T}: fwd+bwd {_ms(t)}, {B * T / t.median:.0f} tok/s, "
+            f"{achieved:.1f} GFLOP/s = {100 * achieved / roof:.1f}% of matmul"
+        )
     say(f"[linear] float32 matmul {m}x{k}x{n}: {roof:.1f} GFLOP/s")
-    return {"T": T, "chunk_size": chunk, "shape": dataclasses.asdict(shape), "fla": fla_note,
-            "reference": "fla_naive_chunk" if fla is not None else "gdn_standin",
-            "matmul": {"shape": list(MATMUL_SHAPE), "gflops": roof, "threads": torch.get_num_threads(), **timings["matmul"].to_dict()},
-            "rows": rows}
+    return {
+        "T": T,
+        "chunk_size": chunk,
+        "shape": dataclasses.asdict(shape),
+        "fla": fla_note,
+        "reference": "fla_naive_chunk" if fla is not None else "gdn_standin",
+        "matmul": {
+            "shape": list(MATMUL_SHAPE),
+            "gflops": roof,
+            "threads": torch.get_num_threads(),
+            **timings["matmul"].to_dict(),
+        },
+        "rows": rows,
+    }
 
 
-def run_titans(settings: Settings, preset_names: tuple[str, ...] = MLP_PRESETS, dim: int = 256, heads: int = 4,
-               head_dims: tuple[int | None, ...] = (None, 64), chunk: int = 64, B: int = 2, T: int = 1024,
-               compile_steps: bool = True) -> dict:
+def run_titans(
+    settings: Settings,
+    preset_names: tuple[str, ...] = MLP_PRESETS,
+    dim: int = 256,
+    heads: int = 4,
+    head_dims: tuple[int | None, ...] = (None, 64),
+    chunk: int = 64,
+    B: int = 2,
+    T: int = 1024,
+    compile_steps: bool = True,
+) -> dict:
     """MLP presets vs titans-pytorch's NeuralMemory, training tokens/s (fwd+bwd to the input and every parameter) on
     the same x [B, T, dim], once per head dim: None is NeuralMemory's default (dim_head = dim), the configuration
     `NeuralMemory(dim=256, chunk_size=64, heads=4)` (3.68M parameters, ~172 tok/s on 2 cores); 64 is the
@@ -471,25 +567,42 @@ def run_titans(settings: Settings, preset_names: tuple[str, ...] = MLP_PRESETS, 
         say(f"[titans] {note}")
         return {"skipped": note}
     names = [*preset_names, *(name + COMPILE_STEPS for name in preset_names if compile_steps)]
-    configs = [_titans_config(settings, NeuralMemory, names, dim, heads, head_dim, chunk, B, T) for head_dim in head_dims]
-    return {"dim": dim, "heads": heads, "chunk_size": chunk, "B": B, "T": T, "configs": configs,
-            "ours": "op + q/k/v, gate and output projections"}
+    configs = [
+        _titans_config(settings, NeuralMemory, names, dim, heads, head_dim, chunk, B, T) for head_dim in head_dims
+    ]
+    return {
+        "dim": dim,
+        "heads": heads,
+        "chunk_size": chunk,
+        "B": B,
+        "T": T,
+        "configs": configs,
+        "ours": "op + q/k/v, gate and output projections",
+    }
 
 
 def _titans_config(settings: Settings, NeuralMemory, preset_names, dim, heads, head_dim, chunk, B, T) -> dict:
     """One row of NeuralMemory variants and our presets at one head dim (None: NeuralMemory's default, dim)."""
     dev, dt = settings.device, settings.dtype
     kwargs = {} if head_dim is None else {"dim_head": head_dim}
-    label = "NeuralMemory(" + ", ".join(f"{k}={v}" for k, v in {"dim": dim, "chunk_size": chunk, "heads": heads, **kwargs}.items()) + ")"
+    label = (
+        "NeuralMemory("
+        + ", ".join(f"{k}={v}" for k, v in {"dim": dim, "chunk_size": chunk, "heads": heads, **kwargs}.items())
+        + ")"
+    )
     head_dim = dim if head_dim is None else head_dim
     torch.manual_seed(0)
     reference, variant = "titans_pytorch", "titans_pytorch batch_size=64"
-    modules = {reference: NeuralMemory(dim, chunk_size=chunk, heads=heads, **kwargs),
-               variant: NeuralMemory(dim, chunk_size=chunk, batch_size=chunk, heads=heads, **kwargs)}
+    modules = {
+        reference: NeuralMemory(dim, chunk_size=chunk, heads=heads, **kwargs),
+        variant: NeuralMemory(dim, chunk_size=chunk, batch_size=chunk, heads=heads, **kwargs),
+    }
     memory_params = {name: sum(p.numel() for p in m.memory_model_parameters) for name, m in modules.items()}
     for name in preset_names:
         base = name.removesuffix(COMPILE_STEPS)
-        modules[name] = baselines.OpWithProjections(presets.get(base), dim, heads, head_dim, chunk, compile_steps=base != name)
+        modules[name] = baselines.OpWithProjections(
+            presets.get(base), dim, heads, head_dim, chunk, compile_steps=base != name
+        )
         memory_params[name] = sum(p.numel() for p in modules[name].memory)
     x = torch.randn(B, T, dim, device=dev, dtype=dt, requires_grad=True)
     x_short = torch.randn(B, 2 * chunk, dim, device=dev, dtype=dt, requires_grad=True)
@@ -506,7 +619,9 @@ def _titans_config(settings: Settings, NeuralMemory, preset_names, dim, heads, h
     theirs = (reference, variant)
     fns = {name: fn(m, x) for name, m in modules.items()}
     timings = compare(
-        {**fns, "matmul": matmul_fn(dev, MATMUL_SHAPE)}, device=dev, warmup=settings.warmup,
+        {**fns, "matmul": matmul_fn(dev, MATMUL_SHAPE)},
+        device=dev,
+        warmup=settings.warmup,
         repeats={name: settings.slow_repeats if name in theirs else settings.repeats for name in [*modules, "matmul"]},
         warmup_fns={name: fn(modules[name], x_short) for name in theirs},  # their cost is per chunk, sequential
     )
@@ -516,25 +631,43 @@ def _titans_config(settings: Settings, NeuralMemory, preset_names, dim, heads, h
     # The ceiling: every matmul FLOP of one fwd+bwd (counted by torch in the eager op; the compiled steps do the same
     # matmuls) at the measured matmul rate, nothing else. (FlopCounterMode's module hooks reject a leaf module input
     # under autograd.grad: count with x·1.)
-    counted = {base: counted_flops(fn(modules[base], x * 1.0))
-               for base in dict.fromkeys(name.removesuffix(COMPILE_STEPS) for name in preset_names)}
+    counted = {
+        base: counted_flops(fn(modules[base], x * 1.0))
+        for base in dict.fromkeys(name.removesuffix(COMPILE_STEPS) for name in preset_names)
+    }
     rows = []
     for name, t in timings.items():
         tps = B * T / t.median
         # NeuralMemory's parameters() also hold the template MLP its per-head weights are copied from (no gradient).
-        row = {"name": name, "params": sum(p.numel() for p in modules[name].parameters()), "memory_params": memory_params[name],
-               **t.to_dict(), "tokens_per_s": tps, "speedup_vs_titans_pytorch": tps / ref}
+        row = {
+            "name": name,
+            "params": sum(p.numel() for p in modules[name].parameters()),
+            "memory_params": memory_params[name],
+            **t.to_dict(),
+            "tokens_per_s": tps,
+            "speedup_vs_titans_pytorch": tps / ref,
+        }
         if name not in theirs:
             flops = counted[name.removesuffix(COMPILE_STEPS)]
-            row |= {"flops_fwdbwd_counted": flops, "fraction_of_matmul": flops / t.median / roof,
-                    "roof_tokens_per_s": B * T * roof / flops, "roof_speedup_vs_titans_pytorch": B * T * roof / flops / ref}
+            row |= {
+                "flops_fwdbwd_counted": flops,
+                "fraction_of_matmul": flops / t.median / roof,
+                "roof_tokens_per_s": B * T * roof / flops,
+                "roof_speedup_vs_titans_pytorch": B * T * roof / flops / ref,
+            }
         rows.append(row)
         line = f"[titans] {label}: {name}: fwd+bwd {_ms(t)}, {tps:.0f} tok/s ({tps / ref:.1f}x {reference})"
         if "roof_tokens_per_s" in row:
             line += f"; {100 * row['fraction_of_matmul']:.0f}% of matmul, at most {row['roof_speedup_vs_titans_pytorch']:.1f}x at the roof"
         say(line)
-    return {"label": label, "head_dim": head_dim, "default_head_dim": "dim_head" not in kwargs, "reference": reference, "rows": rows,
-            "matmul": {"shape": list(MATMUL_SHAPE), "gflops": roof / 1e9}}
+    return {
+        "label": label,
+        "head_dim": head_dim,
+        "default_head_dim": "dim_head" not in kwargs,
+        "reference": reference,
+        "rows": rows,
+        "matmul": {"shape": list(MATMUL_SHAPE), "gflops": roof / 1e9},
+    }
 
 
 def _compiled_op_error(name: str, fullgraph: bool, device, chunk_size: int = 16, T: int = 37) -> float:
@@ -545,8 +678,15 @@ def _compiled_op_error(name: str, fullgraph: bool, device, chunk_size: int = 16,
     return _max_rel_err(*(_check_results(op, presets.get(name), device, chunk_size, T) for op in ops))
 
 
-def run_compile(settings: Settings, shape: Shape, preset_names: list[str], T: int = 1024, chunk: int = 64, timed: bool = False,
-                tol: float = 1e-8) -> list[dict]:
+def run_compile(
+    settings: Settings,
+    shape: Shape,
+    preset_names: list[str],
+    T: int = 1024,
+    chunk: int = 64,
+    timed: bool = False,
+    tol: float = 1e-8,
+) -> list[dict]:
     """torch.compile of the op: graphs and graph breaks of the forward (torch._dynamo.explain; seconds). timed: also
     compile with fullgraph=True (fullgraph=False if that fails), which compiles the backward too; check the compiled
     op against eager first (output and every gradient, float64, a short sequence: a torch bug once made them differ,
@@ -560,9 +700,14 @@ def run_compile(settings: Settings, shape: Shape, preset_names: list[str], T: in
         call = op_call(chunk_miras, presets.get(name), shape, T, chunk, dev, dt)
         torch._dynamo.reset()
         explained = torch._dynamo.explain(chunk_miras)(*call.args, spec=call.spec, chunk_size=chunk, **call.kwargs)
-        row = {"preset": name, "T": T, "chunk_size": chunk, "graph_count": explained.graph_count,
-               "graph_break_count": explained.graph_break_count,
-               "break_reasons": [str(b.reason) for b in explained.break_reasons[:5]]}
+        row = {
+            "preset": name,
+            "T": T,
+            "chunk_size": chunk,
+            "graph_count": explained.graph_count,
+            "graph_break_count": explained.graph_break_count,
+            "break_reasons": [str(b.reason) for b in explained.break_reasons[:5]],
+        }
         line = f"[compile] {name} T={T}: {explained.graph_count} graph(s), {explained.graph_break_count} break(s)"
         compiled = None
         for fullgraph in (True, False) if timed else ():
@@ -572,19 +717,30 @@ def run_compile(settings: Settings, shape: Shape, preset_names: list[str], T: in
                     raise CorrectnessError(f"the compiled op disagrees with eager: max rel err {err:.3e} > {tol:g}")
                 torch._dynamo.reset()  # the timed compile starts afresh (a second shape would make dims dynamic)
                 candidate = call.with_op(compile_keeping_saved_tensors(chunk_miras, fullgraph=fullgraph))
-                row[f"first_call_s_fullgraph_{fullgraph}"] = time_call(train_fn(candidate.output, candidate.leaves), dev)
+                row[f"first_call_s_fullgraph_{fullgraph}"] = time_call(
+                    train_fn(candidate.output, candidate.leaves), dev
+                )
             except Exception as error:  # a failed or wrong compile is a result to report, not a crash
                 row[f"error_fullgraph_{fullgraph}"] = f"{type(error).__name__}: {str(error)[:500]}"
                 continue
             compiled, row["fullgraph"] = candidate, fullgraph
             break
         if compiled is not None:
-            timings = compare({"eager": train_fn(call.output, call.leaves), "compiled": train_fn(compiled.output, compiled.leaves)},
-                              device=dev, repeats=settings.repeats, warmup=settings.warmup)
-            row |= {"eager": timings["eager"].to_dict(), "compiled": timings["compiled"].to_dict(),
-                    "speedup": timings["eager"].median / timings["compiled"].median}
-            line += (f", fullgraph={row['fullgraph']}, eager {_ms(timings['eager'])}, compiled {_ms(timings['compiled'])}: "
-                     f"{row['speedup']:.2f}x")
+            timings = compare(
+                {"eager": train_fn(call.output, call.leaves), "compiled": train_fn(compiled.output, compiled.leaves)},
+                device=dev,
+                repeats=settings.repeats,
+                warmup=settings.warmup,
+            )
+            row |= {
+                "eager": timings["eager"].to_dict(),
+                "compiled": timings["compiled"].to_dict(),
+                "speedup": timings["eager"].median / timings["compiled"].median,
+            }
+            line += (
+                f", fullgraph={row['fullgraph']}, eager {_ms(timings['eager'])}, compiled {_ms(timings['compiled'])}: "
+                f"{row['speedup']:.2f}x"
+            )
         elif timed:
             line += f"; does not compile: {row.get('error_fullgraph_False')}"
         rows.append(row)

@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from miras.experiments.ablate import DEFAULT_VALUES, STUDIES
 
     parser = subparsers.add_parser(
-        "ablate", help="ablations: Moneta's p or q, or Yaad's components, under one budget",
+        "ablate",
+        help="ablations: Moneta's p or q, or Yaad's components, under one budget",
         description="Train every point of an ablation as a language model under the same budget and report "
         "validation perplexity per point (table, and a plot of perplexity against p or q). moneta-p: p in "
         f"{list(DEFAULT_VALUES['moneta-p'])}; moneta-q: q in {list(DEFAULT_VALUES['moneta-q'])}; yaad: Yaad without "
@@ -23,8 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "finished points.",
     )
     parser.add_argument("study", choices=STUDIES, help="which ablation")
-    parser.add_argument("--values", type=float, nargs="+", metavar="X",
-                        help="p (moneta-p, each >= 1) or q (moneta-q, each > 1) values (default: the paper's)")
+    parser.add_argument(
+        "--values",
+        type=float,
+        nargs="+",
+        metavar="X",
+        help="p (moneta-p, each >= 1) or q (moneta-q, each > 1) values (default: the paper's)",
+    )
     parser.add_argument("--out", metavar="DIR", help="output folder (default: runs/ablate-STUDY)")
     add_budget_flags(parser, ablation_defaults())
     parser.set_defaults(run=run)
@@ -46,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     rows = ablate(args.study, budget_from_args(args, ablation_defaults()), out, args.values)
     print()
     print(Path(out, TABLE_FILE).read_text(encoding="utf-8"), end="")
-    print(f"\nwrote {out}/{TABLE_FILE}, results.json, loss.png" + (", ablation.png" if args.study != "yaad" else "")
-          + " and runs/<point>/")
+    print(
+        f"\nwrote {out}/{TABLE_FILE}, results.json, loss.png"
+        + (", ablation.png" if args.study != "yaad" else "")
+        + " and runs/<point>/"
+    )
     return 1 if any(row["errors"] for row in rows) else 0

@@ -9,7 +9,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from miras import bench
 
     parser = subparsers.add_parser(
-        "bench", help="benchmark the memory op and the models", description=bench.__doc__,
+        "bench",
+        help="benchmark the memory op and the models",
+        description=bench.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_arguments(parser)

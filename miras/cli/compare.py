@@ -75,15 +75,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from miras.experiments.compare import DEFAULT_MODELS, MODELS, CompareConfig
 
     parser = subparsers.add_parser(
-        "compare", help="train several models under one budget; one table of ppl, MQAR, NIAH, params, tokens/s",
+        "compare",
+        help="train several models under one budget; one table of ppl, MQAR, NIAH, params, tokens/s",
         description="Train each model as a language model with the same steps, tokens and (by default) parameter "
         "count, then report validation perplexity, MQAR accuracy (the same architecture trained on MQAR), NIAH "
         "accuracy, parameters and training tokens/s in one markdown table, with every model's training loss on one "
         "plot. The defaults take about 17 minutes on 2 CPU cores; scale with --size, --steps, --batch-size and "
         "--device cuda. Rerunning in the same --out folder skips finished models.",
     )
-    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="MODEL",
-                        help=f"from {', '.join(MODELS)} (default: %(default)s)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=list(DEFAULT_MODELS),
+        metavar="MODEL",
+        help=f"from {', '.join(MODELS)} (default: %(default)s)",
+    )
     parser.add_argument("--out", default="runs/compare", metavar="DIR", help="output folder (default: %(default)s)")
     add_budget_flags(parser, CompareConfig())
     parser.set_defaults(run=run)

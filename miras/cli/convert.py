@@ -17,14 +17,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     directions = parser.add_subparsers(dest="direction", required=True, metavar="DIRECTION")
     to_hf = directions.add_parser(
-        "to-hf", help="run folder -> Hugging Face folder",
+        "to-hf",
+        help="run folder -> Hugging Face folder",
         description="Write the run's latest checkpoint (or the given checkpoint folder), its config and its "
         "tokenizer as a Hugging Face folder.",
     )
     to_hf.add_argument("run_dir", metavar="RUN", help="run folder, or one of its checkpoint-NNNNNNN folders")
     to_hf.add_argument("out", metavar="OUT", help="Hugging Face folder to create")
     from_hf = directions.add_parser(
-        "from-hf", help="Hugging Face folder -> run folder",
+        "from-hf",
+        help="Hugging Face folder -> run folder",
         description="Write a Hugging Face folder of a Miras model as a run folder that `miras generate` and "
         "`miras eval` read (optimizer state does not travel: it cannot be resumed).",
     )

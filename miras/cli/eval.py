@@ -1,8 +1,8 @@
 """`miras eval`: evaluations of a trained run.
 
-    miras eval ppl --checkpoint RUN [--data sotu|wiki|PATH ...] [--context-len N] [--stride S] [--max-tokens N]
-                   [--out DIR]
-    miras eval zeroshot --checkpoint RUN [...]      the paper's Table 2 suite (miras.lmeval.zeroshot; needs lm-eval)
+miras eval ppl --checkpoint RUN [--data sotu|wiki|PATH ...] [--context-len N] [--stride S] [--max-tokens N]
+               [--out DIR]
+miras eval zeroshot --checkpoint RUN [...]      the paper's Table 2 suite (miras.lmeval.zeroshot; needs lm-eval)
 """
 
 from __future__ import annotations
@@ -21,30 +21,50 @@ EVAL_DIR = "eval"  # default output folder, inside the run folder
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "eval", help="evaluate a trained run: perplexity (ppl) or the zero-shot suite (zeroshot)",
+        "eval",
+        help="evaluate a trained run: perplexity (ppl) or the zero-shot suite (zeroshot)",
         description="Evaluate a trained run.",
     )
     commands = parser.add_subparsers(dest="eval_command", required=True, metavar="EVALUATION")
 
     ppl = commands.add_parser(
-        "ppl", help="perplexity, bits per byte and loss by context position on text",
+        "ppl",
+        help="perplexity, bits per byte and loss by context position on text",
         description="Perplexity and bits per byte of a trained run on text, read in windows of --context-len tokens "
         "(disjoint, or sliding by --stride with only the new tokens scored: every token is scored exactly once). "
         "Prints a table and writes ppl-ctxN-strideS.json and a per-position loss plot (.png) to --out.",
     )
-    ppl.add_argument("--checkpoint", required=True, metavar="RUN",
-                     help="a run folder (its latest checkpoint) or a checkpoint folder inside one")
-    ppl.add_argument("--data", nargs="+", default=["sotu"], metavar="DATA",
-                     help="text to score, each reported separately: an embedded corpus (sotu, wiki: their validation "
-                     "split), the run's own --data (its held-out part) or another .txt/.jsonl file, folder or glob "
-                     "(all of it) (default: sotu)")
-    ppl.add_argument("--context-len", type=int, metavar="N",
-                     help="tokens per window (default: the run's training --seq-len)")
-    ppl.add_argument("--stride", type=int, metavar="S",
-                     help="tokens between window starts, 1 .. --context-len; only each window's last S predictions "
-                     "are scored (default: --context-len, disjoint windows)")
-    ppl.add_argument("--max-tokens", type=int, metavar="N",
-                     help="score only the first N tokens of each data set (default: all of it)")
+    ppl.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="RUN",
+        help="a run folder (its latest checkpoint) or a checkpoint folder inside one",
+    )
+    ppl.add_argument(
+        "--data",
+        nargs="+",
+        default=["sotu"],
+        metavar="DATA",
+        help="text to score, each reported separately: an embedded corpus (sotu, wiki: their validation "
+        "split), the run's own --data (its held-out part) or another .txt/.jsonl file, folder or glob "
+        "(all of it) (default: sotu)",
+    )
+    ppl.add_argument(
+        "--context-len", type=int, metavar="N", help="tokens per window (default: the run's training --seq-len)"
+    )
+    ppl.add_argument(
+        "--stride",
+        type=int,
+        metavar="S",
+        help="tokens between window starts, 1 .. --context-len; only each window's last S predictions "
+        "are scored (default: --context-len, disjoint windows)",
+    )
+    ppl.add_argument(
+        "--max-tokens",
+        type=int,
+        metavar="N",
+        help="score only the first N tokens of each data set (default: all of it)",
+    )
     ppl.add_argument("--batch-size", type=int, default=8, metavar="B", help="windows per forward (default: 8)")
     ppl.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="(default: auto)")
     ppl.add_argument("--cache-dir", metavar="DIR", help="token cache folder (default ~/.cache/miras/tokens)")
@@ -54,7 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # Every word after "zeroshot" goes to miras.lmeval.zeroshot unparsed, --help included: the only prefix
     # character of this parser is "+", so argparse takes "--checkpoint" etc. for positional words.
     zeroshot = commands.add_parser(
-        "zeroshot", add_help=False, prefix_chars="+",
+        "zeroshot",
+        add_help=False,
+        prefix_chars="+",
         help="the paper's Table 2 zero-shot suite through lm-eval (needs pip install 'miras[eval]'); "
         "'miras eval zeroshot --help' lists its flags",
     )
@@ -71,8 +93,9 @@ def run_zeroshot(args: argparse.Namespace) -> int:
         if not isinstance(missing, ModuleNotFoundError) or (missing.name or "").split(".")[0] not in ZEROSHOT_PACKAGES:
             raise
         name = missing.name.split(".")[0]
-        raise ValueError(f"zeroshot needs the package {name!r}, which is not installed: pip install 'miras[eval]'") \
-            from None
+        raise ValueError(
+            f"zeroshot needs the package {name!r}, which is not installed: pip install 'miras[eval]'"
+        ) from None
     return main(args.zeroshot_argv)
 
 
@@ -98,8 +121,10 @@ def run_ppl(args: argparse.Namespace) -> int:
     context_len = args.context_len or train_config["seq_len"]
     stride = args.stride or context_len
     if stride > context_len:  # checked before the model loads
-        raise ValueError(f"--stride {stride} is larger than --context-len {context_len}"
-                         f"{'' if args.context_len else ' (the run training length)'}; windows would skip tokens")
+        raise ValueError(
+            f"--stride {stride} is larger than --context-len {context_len}"
+            f"{'' if args.context_len else ' (the run training length)'}; windows would skip tokens"
+        )
     try:
         model, tokenizer = load_trained(checkpoint, device)
     except ValueError as e:
@@ -121,21 +146,30 @@ def run_ppl(args: argparse.Namespace) -> int:
             raise ValueError(f"--data {spec}: {e}") from None
 
     stem = f"ppl-ctx{context_len}-stride{stride}"
-    record = {"checkpoint": str(checkpoint), "context_len": context_len, "stride": stride,
-              "max_tokens": args.max_tokens, "results": {spec: r.to_dict() for spec, r in results.items()}}
+    record = {
+        "checkpoint": str(checkpoint),
+        "context_len": context_len,
+        "stride": stride,
+        "max_tokens": args.max_tokens,
+        "results": {spec: r.to_dict() for spec, r in results.items()},
+    }
     write_text_atomic(out / f"{stem}.json", json.dumps(record, indent=1) + "\n")
     # With stride < context_len, positions below context_len - stride are scored by the first window only: one
     # sample each, too noisy to show next to the averages over every window.
     first = context_len - stride
-    plot_position_loss({spec: [math.nan] * first + r.position_loss[first:] for spec, r in results.items()},
-                       out / f"{stem}.png",
-                       title=f"loss by position ({checkpoint.name}, context {context_len}, stride {stride})")
+    plot_position_loss(
+        {spec: [math.nan] * first + r.position_loss[first:] for spec, r in results.items()},
+        out / f"{stem}.png",
+        title=f"loss by position ({checkpoint.name}, context {context_len}, stride {stride})",
+    )
 
     print(f"{checkpoint}: context {context_len}, stride {stride}")
     print(f"{'data':<24} {'tokens':>10} {'bytes':>11} {'ppl':>9} {'bpb':>7} {'acc':>6}")
     for spec, r in results.items():
-        print(f"{spec:<24} {r.num_tokens:>10,} {r.num_bytes:>11,} {r.perplexity:>9.2f} {r.bits_per_byte:>7.4f} "
-              f"{r.token_accuracy:>6.1%}")
+        print(
+            f"{spec:<24} {r.num_tokens:>10,} {r.num_bytes:>11,} {r.perplexity:>9.2f} {r.bits_per_byte:>7.4f} "
+            f"{r.token_accuracy:>6.1%}"
+        )
     print("\nmean loss (nats) by context position: does it keep falling with more context?")
     if first:
         print(f"(positions 1-{first} are scored by the first window only and are left out)")

@@ -17,7 +17,8 @@ TASKS = (
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "recall", help="synthetic recall: niah (needle in a haystack, a trained run), mqar (train and score models)",
+        "recall",
+        help="synthetic recall: niah (needle in a haystack, a trained run), mqar (train and score models)",
         description="Synthetic recall benchmarks: `niah` scores a trained run on needle-in-a-haystack retrieval; "
         "`mqar` trains models on multi-query associative recall over a sweep and reports accuracy.",
     )

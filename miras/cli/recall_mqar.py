@@ -24,30 +24,67 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from miras.experiments.mqar import MODELS
 
     parser = subparsers.add_parser(
-        "mqar", help="multi-query associative recall: accuracy vs model width (zoology's sweep)",
+        "mqar",
+        help="multi-query associative recall: accuracy vs model width (zoology's sweep)",
         description="MQAR (zoology): each sequence lists key-value pairs, then queries every key once; the model must "
         "output the key's value at the query. Every (model, width, sequence length, kv pairs, lr) is trained from "
         "scratch with AdamW for --steps steps and scored on a disjoint test split.",
     )
-    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="MODEL",
-                        help=f"presets or transformer, from {', '.join(MODELS)} (default: %(default)s)")
-    parser.add_argument("--seq-lens", type=int, nargs="+", default=list(DEFAULT_SEQ_LENS), metavar="T",
-                        help="sequence lengths; every (seq len, kv pairs) with seq len >= 4 x kv pairs is run "
-                        "(default: %(default)s)")
-    parser.add_argument("--kv-pairs", type=int, nargs="+", default=list(DEFAULT_KV_PAIRS), metavar="K",
-                        help="key-value pairs per sequence (default: %(default)s)")
-    parser.add_argument("--widths", type=int, nargs="+", default=list(DEFAULT_WIDTHS), metavar="D",
-                        help="model widths (hidden size) (default: %(default)s)")
-    parser.add_argument("--lrs", type=float, nargs="+", default=list(DEFAULT_LRS), metavar="LR",
-                        help="learning rates; each point reports the best (default: %(default)s)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=list(DEFAULT_MODELS),
+        metavar="MODEL",
+        help=f"presets or transformer, from {', '.join(MODELS)} (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seq-lens",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_SEQ_LENS),
+        metavar="T",
+        help="sequence lengths; every (seq len, kv pairs) with seq len >= 4 x kv pairs is run (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--kv-pairs",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_KV_PAIRS),
+        metavar="K",
+        help="key-value pairs per sequence (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--widths",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_WIDTHS),
+        metavar="D",
+        help="model widths (hidden size) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lrs",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_LRS),
+        metavar="LR",
+        help="learning rates; each point reports the best (default: %(default)s)",
+    )
     parser.add_argument("--steps", type=int, default=600, help="AdamW steps per run (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64, help="examples per step (default: %(default)s)")
     parser.add_argument("--vocab-size", type=int, default=256, help="MQAR vocabulary (default: %(default)s)")
     parser.add_argument("--layers", type=int, default=2, help="blocks per model (default: %(default)s)")
-    parser.add_argument("--heads", type=int, default=1, help="heads per mixer; must divide every width "
-                        "(default: %(default)s, as zoology's attention)")
-    parser.add_argument("--train-examples", type=int, metavar="N",
-                        help="training set size (default: steps x batch size, at most 100000)")
+    parser.add_argument(
+        "--heads",
+        type=int,
+        default=1,
+        help="heads per mixer; must divide every width (default: %(default)s, as zoology's attention)",
+    )
+    parser.add_argument(
+        "--train-examples",
+        type=int,
+        metavar="N",
+        help="training set size (default: steps x batch size, at most 100000)",
+    )
     parser.add_argument("--test-examples", type=int, default=1000, help="test set size (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="data, initialization and batch order (default: 0)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="(default: auto)")
@@ -62,9 +99,19 @@ def run(args: argparse.Namespace) -> int:
 
     check_positive(args, "layers", "heads", "test_examples", "train_examples")
     sweep, skipped = make_sweep(
-        args.models, args.seq_lens, args.kv_pairs, args.widths, args.lrs, steps=args.steps,
-        batch_size=args.batch_size, seed=args.seed, vocab_size=args.vocab_size, num_layers=args.layers,
-        num_heads=args.heads, train_examples=args.train_examples, test_examples=args.test_examples,
+        args.models,
+        args.seq_lens,
+        args.kv_pairs,
+        args.widths,
+        args.lrs,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        vocab_size=args.vocab_size,
+        num_layers=args.layers,
+        num_heads=args.heads,
+        train_examples=args.train_examples,
+        test_examples=args.test_examples,
         device=str(resolve_device(args.device)),
     )
     for seq_len, kv in skipped:

@@ -60,7 +60,8 @@ GROUPS: dict[str, dict[str, str]] = {
     "run": {
         "out_dir": "run folder (default runs/<timestamp>-<preset>)",
         "resume": "continue the run in this folder from its latest checkpoint; only "
-        + ", ".join("--" + f.replace("_", "-") for f in RESUMABLE) + " may be given with it",
+        + ", ".join("--" + f.replace("_", "-") for f in RESUMABLE)
+        + " may be given with it",
         "device": "auto, cpu or cuda",
         "dtype": "auto (float32 on CPU, bf16 autocast on CUDA), float32 or bfloat16",
         "threads": "CPU threads (-1: all cores this process may use)",
@@ -116,8 +117,10 @@ def run(args: argparse.Namespace) -> int:
     if not result.is_main:  # under torchrun, rank 0 reports
         return 0
     minutes, seconds = divmod(time.perf_counter() - start, 60)
-    print(f"validation perplexity {result.val_ppl:.1f} (unigram baseline {result.unigram_ppl:.1f}); "
-          f"run folder {result.run_dir}; {int(minutes)}m{seconds:02.0f}s")
+    print(
+        f"validation perplexity {result.val_ppl:.1f} (unigram baseline {result.unigram_ppl:.1f}); "
+        f"run folder {result.run_dir}; {int(minutes)}m{seconds:02.0f}s"
+    )
     return 0
 
 

@@ -83,9 +83,11 @@ def held_out_split(spec: str, data: str) -> str:
     if files == trained:
         return "validation"
     if files & trained:
-        raise DataError(f"{spec}: shares {len(files & trained)} of its {len(files)} file(s) with the training data "
-                        f"{data}, whose held-out part is the end of all of them; score {data} itself (its held-out "
-                        "part) or files it does not hold")
+        raise DataError(
+            f"{spec}: shares {len(files & trained)} of its {len(files)} file(s) with the training data "
+            f"{data}, whose held-out part is the end of all of them; score {data} itself (its held-out "
+            "part) or files it does not hold"
+        )
     return "all"
 
 
@@ -117,7 +119,7 @@ def read_documents(path: Path) -> list[str]:
         if obj["text"]:
             docs.append(obj["text"])
     if not docs:
-        raise DataError(f"{path}: no non-empty \"text\" in any line")
+        raise DataError(f'{path}: no non-empty "text" in any line')
     return docs
 
 
@@ -217,14 +219,19 @@ def _cached_tokens(
     # Durable and atomic (miras/io_atomic.py): readers never see a partial file, and concurrent writers of the same
     # entry write under distinct temporary names and produce identical bytes.
     num_tokens, num_docs = write_file_atomic(
-        bin_path, lambda f: _write_tokens(units, total_bytes, tokenizer, f, dtype, progress))
+        bin_path, lambda f: _write_tokens(units, total_bytes, tokenizer, f, dtype, progress)
+    )
     index = {
         "format": FORMAT_VERSION,
         "dtype": dtype.name,
         "num_tokens": num_tokens,
         "num_documents": num_docs,
-        "tokenizer": {"kind": tokenizer.kind, "fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size,
-                      "eos_id": tokenizer.eos_id},
+        "tokenizer": {
+            "kind": tokenizer.kind,
+            "fingerprint": tokenizer.fingerprint,
+            "vocab_size": tokenizer.vocab_size,
+            "eos_id": tokenizer.eos_id,
+        },
         "sources": sources,
     }
     write_text_atomic(index_path, json.dumps(index, indent=1) + "\n")

@@ -114,8 +114,9 @@ def recall_reads(
     delta_t = DELTA * ones if spec.bias == "huber" else None
     state = init_state(spec, B, 1, D, D, generator=g)
 
-    o, _ = chunk_miras(k, k, v, eta_t, alpha_t, spec=spec, chunk_size=chunk_size, momentum=theta_t, delta=delta_t,
-                       initial_state=state)
+    o, _ = chunk_miras(
+        k, k, v, eta_t, alpha_t, spec=spec, chunk_size=chunk_size, momentum=theta_t, delta=delta_t, initial_state=state
+    )
     return o[:, N:, 0], values, order
 
 
@@ -131,8 +132,15 @@ def capacity(accuracies: dict[int, float]) -> int:
     return max((n for n, acc in accuracies.items() if acc >= CAPACITY_LEVEL), default=0)
 
 
-def sweep(names: Sequence[str], *, head_dim: int = 64, trials: int = 8, seed: int = 0,
-          chunks: Sequence[int] = CHUNKS, log=print) -> dict:
+def sweep(
+    names: Sequence[str],
+    *,
+    head_dim: int = 64,
+    trials: int = 8,
+    seed: int = 0,
+    chunks: Sequence[int] = CHUNKS,
+    log=print,
+) -> dict:
     """Every preset of `names` over N_PAIRS × ETA_SCALES × chunks (α = 1), and at its layer's initial α's for
     N = FORGET_N (η = 0.1 and 1 × η_max, chunk 64). A JSON-ready dict."""
     rows, forget = [], []
@@ -141,20 +149,43 @@ def sweep(names: Sequence[str], *, head_dim: int = 64, trials: int = 8, seed: in
         for chunk in chunks:
             start = time.perf_counter()
             for scale in ETA_SCALES:
-                acc = {n: recall_accuracy(spec, n, scale * top, head_dim=head_dim, chunk_size=chunk, trials=trials,
-                                          seed=seed) for n in N_PAIRS}
-                rows.append(dict(preset=name, chunk=chunk, eta_scale=scale, eta=scale * top,
-                                 accuracy={str(n): a for n, a in acc.items()}, capacity=capacity(acc)))
+                acc = {
+                    n: recall_accuracy(
+                        spec, n, scale * top, head_dim=head_dim, chunk_size=chunk, trials=trials, seed=seed
+                    )
+                    for n in N_PAIRS
+                }
+                rows.append(
+                    dict(
+                        preset=name,
+                        chunk=chunk,
+                        eta_scale=scale,
+                        eta=scale * top,
+                        accuracy={str(n): a for n, a in acc.items()},
+                        capacity=capacity(acc),
+                    )
+                )
             log(f"{name} chunk {chunk}: {time.perf_counter() - start:.1f} s")
         if spec.retention != "none":
             for a in layer_alphas(name):
                 for scale in (0.1, 1.0):
-                    acc = recall_accuracy(spec, FORGET_N, scale * top, head_dim=head_dim, alpha=a, trials=trials,
-                                          seed=seed)
+                    acc = recall_accuracy(
+                        spec, FORGET_N, scale * top, head_dim=head_dim, alpha=a, trials=trials, seed=seed
+                    )
                     forget.append(dict(preset=name, alpha=a, eta_scale=scale, n_pairs=FORGET_N, accuracy=acc))
-    settings = dict(head_dim=head_dim, trials=trials, seed=seed, n_pairs=list(N_PAIRS), eta_scales=list(ETA_SCALES),
-                    chunks=list(chunks), query_eta=QUERY_ETA, theta=THETA, delta=DELTA,
-                    capacity_level=CAPACITY_LEVEL, dtype="float32")
+    settings = dict(
+        head_dim=head_dim,
+        trials=trials,
+        seed=seed,
+        n_pairs=list(N_PAIRS),
+        eta_scales=list(ETA_SCALES),
+        chunks=list(chunks),
+        query_eta=QUERY_ETA,
+        theta=THETA,
+        delta=DELTA,
+        capacity_level=CAPACITY_LEVEL,
+        dtype="float32",
+    )
     return dict(settings=settings, rows=rows, forgetting=forget)
 
 
@@ -162,12 +193,16 @@ def markdown(result: dict) -> str:
     """The sweep as markdown: a capacity summary, the full accuracy tables, the forgetting table."""
     s = result["settings"]
     chunks, scales = s["chunks"], s["eta_scales"]
-    lines = [f"# Recall capacity of one memory head (D = {s['head_dim']}, {s['trials']} trials, seed {s['seed']})", "",
-             f"Capacity: the largest N of {s['n_pairs']} recalled with accuracy >= {s['capacity_level']} "
-             f"(unrounded; α = 1), per η (in units of the layer's η_max) and chunk size "
-             f"({' / '.join(map(str, chunks))}).", "",
-             "| preset | η_max | " + " | ".join(f"{x}·η_max" for x in scales) + " |",
-             "|---|---|" + "---|" * len(scales)]
+    lines = [
+        f"# Recall capacity of one memory head (D = {s['head_dim']}, {s['trials']} trials, seed {s['seed']})",
+        "",
+        f"Capacity: the largest N of {s['n_pairs']} recalled with accuracy >= {s['capacity_level']} "
+        f"(unrounded; α = 1), per η (in units of the layer's η_max) and chunk size "
+        f"({' / '.join(map(str, chunks))}).",
+        "",
+        "| preset | η_max | " + " | ".join(f"{x}·η_max" for x in scales) + " |",
+        "|---|---|" + "---|" * len(scales),
+    ]
     by = {(r["preset"], r["chunk"], r["eta_scale"]): r for r in result["rows"]}
     names = list(dict.fromkeys(r["preset"] for r in result["rows"]))
     for name in names:
@@ -175,17 +210,26 @@ def markdown(result: dict) -> str:
         top = by[name, chunks[0], scales[0]]["eta"] / scales[0]
         lines.append(f"| {name} | {top:.4g} | " + " | ".join(cells) + " |")
     for chunk in chunks:
-        lines += ["", f"## Accuracy (%), chunk {chunk}, α = 1", "",
-                  "| preset | η/η_max | " + " | ".join(f"N={n}" for n in s["n_pairs"]) + " |",
-                  "|---|---|" + "---|" * len(s["n_pairs"])]
+        lines += [
+            "",
+            f"## Accuracy (%), chunk {chunk}, α = 1",
+            "",
+            "| preset | η/η_max | " + " | ".join(f"N={n}" for n in s["n_pairs"]) + " |",
+            "|---|---|" + "---|" * len(s["n_pairs"]),
+        ]
         for r in result["rows"]:
             if r["chunk"] == chunk:
                 accs = " | ".join(f"{100 * r['accuracy'][str(n)]:.0f}" for n in s["n_pairs"])
                 lines.append(f"| {r['preset']} | {r['eta_scale']} | {accs} |")
     if result["forgetting"]:
-        lines += ["", f"## Accuracy (%) at the layer's initial α (first / last head of {FORGET_HEADS}), "
-                      f"N = {FORGET_N}, chunk {chunks[0]}", "",
-                  "| preset | α | η = 0.1·η_max | η = η_max |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Accuracy (%) at the layer's initial α (first / last head of {FORGET_HEADS}), "
+            f"N = {FORGET_N}, chunk {chunks[0]}",
+            "",
+            "| preset | α | η = 0.1·η_max | η = η_max |",
+            "|---|---|---|---|",
+        ]
         f = {(r["preset"], r["alpha"], r["eta_scale"]): r["accuracy"] for r in result["forgetting"]}
         for name, a in dict.fromkeys((r["preset"], r["alpha"]) for r in result["forgetting"]):
             lines.append(f"| {name} | {a:.4g} | {100 * f[name, a, 0.1]:.0f} | {100 * f[name, a, 1.0]:.0f} |")
@@ -204,8 +248,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    result = sweep(args.presets, head_dim=args.head_dim, trials=args.trials, seed=args.seed, chunks=args.chunks,
-                   log=lambda line: print(line, file=sys.stderr))
+    result = sweep(
+        args.presets,
+        head_dim=args.head_dim,
+        trials=args.trials,
+        seed=args.seed,
+        chunks=args.chunks,
+        log=lambda line: print(line, file=sys.stderr),
+    )
     result["seconds"] = round(time.perf_counter() - start, 1)
     text = markdown(result)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -147,8 +147,10 @@ def evaluate_niah(
     by_cell: dict[tuple[str, int, float], list[NIAHRecord]] = defaultdict(list)  # insertion order = grid order
     for r in records:
         by_cell[(r.variant, r.length, r.depth)].append(r)
-    cells = [NIAHCell(v, length, d, _mean([r.correct for r in rs]), len(rs), sum(r.needle_depth for r in rs) / len(rs))
-             for (v, length, d), rs in by_cell.items()]
+    cells = [
+        NIAHCell(v, length, d, _mean([r.correct for r in rs]), len(rs), sum(r.needle_depth for r in rs) / len(rs))
+        for (v, length, d), rs in by_cell.items()
+    ]
     by_variant = {v: _mean([r.correct for r in records if r.variant == v]) for v in variants}
     return NIAHResult(
         accuracy=_mean([r.correct for r in records]),

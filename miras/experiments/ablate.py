@@ -50,8 +50,10 @@ def ablation_candidates(study: str, values: Sequence[float] | None = None) -> li
     if study == "yaad":
         if values:
             raise ConfigError("values", "the yaad study has fixed variants; --values is for moneta-p and moneta-q")
-        return [Candidate(name=name, preset="yaad", spec=yaad(**spec), overrides=overrides, label=label)
-                for name, label, spec, overrides in YAAD_VARIANTS]
+        return [
+            Candidate(name=name, preset="yaad", spec=yaad(**spec), overrides=overrides, label=label)
+            for name, label, spec, overrides in YAAD_VARIANTS
+        ]
     axis = study.removeprefix("moneta-")
     values = DEFAULT_VALUES[study] if not values else tuple(float(v) for v in values)
     if len(set(values)) != len(values):
@@ -63,11 +65,13 @@ def ablation_candidates(study: str, values: Sequence[float] | None = None) -> li
         try:
             spec = moneta(**{axis: v})
         except ValueError as e:
-            rule = ("p >= 1: below 1 the lp bias is not a norm" if axis == "p"
-                    else "q > 1: the lq retention needs a norm")
+            rule = (
+                "p >= 1: below 1 the lp bias is not a norm" if axis == "p" else "q > 1: the lq retention needs a norm"
+            )
             raise ConfigError("values", f"{axis} = {v:g} is not a valid Moneta ({rule}): {e}") from None
-        candidates.append(Candidate(name=f"moneta-{axis}{v:g}", preset="moneta", spec=spec, label=f"{axis} = {v:g}",
-                                    value=v))
+        candidates.append(
+            Candidate(name=f"moneta-{axis}{v:g}", preset="moneta", spec=spec, label=f"{axis} = {v:g}", value=v)
+        )
     return candidates
 
 
@@ -82,14 +86,21 @@ def ablate(
     """Run a study (see the module docstring); returns compare's rows. Numeric studies also write ablation.png."""
     candidates = ablation_candidates(study, values)
     if study == "yaad":
-        title, notes = "Ablation: components of Yaad (paper Table 4)", (
-            "Rows the design space cannot express are left out: an input-independent δ alone (the gate rank is shared "
-            "by every gate), momentum and persistent memory (Yaad has neither).")
+        title, notes = (
+            "Ablation: components of Yaad (paper Table 4)",
+            (
+                "Rows the design space cannot express are left out: an input-independent δ alone (the gate rank is shared "
+                "by every gate), momentum and persistent memory (Yaad has neither)."
+            ),
+        )
     else:
         axis = study.removeprefix("moneta-")
         title = f"Ablation: Moneta's {axis} (paper Fig. 4)"
-        notes = ("Valid values: p >= 1 (MemorySpec: below 1 the lp bias is not a norm)." if axis == "p" else
-                 "Valid values: q > 1 (MemorySpec: the lq normalizer needs a norm; q = 2 is plain decay).")
+        notes = (
+            "Valid values: p >= 1 (MemorySpec: below 1 the lp bias is not a norm)."
+            if axis == "p"
+            else "Valid values: q > 1 (MemorySpec: the lq normalizer needs a norm; q = 2 is plain decay)."
+        )
     rows = compare(candidates, config, out_dir, title=title, notes=notes, log=log)
     if study != "yaad":
         _plot(rows, config, Path(out_dir) / PLOT_FILE, study.removeprefix("moneta-"))

@@ -122,8 +122,15 @@ class CompareConfig:
         resolve_device(self.device, "device", error=ConfigError)  # refuses cuda on a machine without it
         if self.size not in SIZES:
             raise ConfigError("size", f"{self.size!r} is not one of {', '.join(SIZES)}")
-        for name in ("steps", "batch_size", "eval_tokens", "mqar_seq_len", "mqar_kv_pairs", "mqar_batch_size",
-                     "mqar_vocab_size"):
+        for name in (
+            "steps",
+            "batch_size",
+            "eval_tokens",
+            "mqar_seq_len",
+            "mqar_kv_pairs",
+            "mqar_batch_size",
+            "mqar_vocab_size",
+        ):
             _integer(name, getattr(self, name), low=1)
         _integer("vocab_size", self.vocab_size, low=257)  # the byte-level BPE's 256 bytes and EOS
         for name in ("mqar_steps", "niah_samples", "seed"):
@@ -147,16 +154,24 @@ class CompareConfig:
         if self.niah_samples and not self.niah_depths:
             raise ConfigError("niah_depths", "give at least one depth (or --niah-samples 0 to skip NIAH)")
         if self.mqar_steps and 4 * self.mqar_kv_pairs > self.mqar_seq_len:
-            raise ConfigError("mqar_kv_pairs", f"{self.mqar_kv_pairs} pairs need --mqar-seq-len >= "
-                                               f"{4 * self.mqar_kv_pairs} (a key-value pair and a query slot each)")
+            raise ConfigError(
+                "mqar_kv_pairs",
+                f"{self.mqar_kv_pairs} pairs need --mqar-seq-len >= "
+                f"{4 * self.mqar_kv_pairs} (a key-value pair and a query slot each)",
+            )
         if self.mqar_steps and self.mqar_vocab_size < 2 * self.mqar_kv_pairs + 2:
-            raise ConfigError("mqar_vocab_size", f"needs >= {2 * self.mqar_kv_pairs + 2} for "
-                                                 f"{self.mqar_kv_pairs} distinct keys and values")
+            raise ConfigError(
+                "mqar_vocab_size",
+                f"needs >= {2 * self.mqar_kv_pairs + 2} for {self.mqar_kv_pairs} distinct keys and values",
+            )
 
     @property
     def lm_seq_len(self) -> int:
-        return self.seq_len if self.seq_len != -1 else SIZES[self.size].get(
-            "max_position_embeddings", ModelConfig.max_position_embeddings)
+        return (
+            self.seq_len
+            if self.seq_len != -1
+            else SIZES[self.size].get("max_position_embeddings", ModelConfig.max_position_embeddings)
+        )
 
     @property
     def warmup_steps(self) -> int:
@@ -192,7 +207,8 @@ def model_configs(candidates: Sequence[Candidate], config: CompareConfig, vocab_
     for name, cfg in base.items():
         per_unit = 3 * cfg.hidden_size * cfg.num_hidden_layers
         matched[name] = dataclasses.replace(
-            cfg, intermediate_size=cfg.intermediate_size + round((target - counts[name]) / per_unit))
+            cfg, intermediate_size=cfg.intermediate_size + round((target - counts[name]) / per_unit)
+        )
     return matched
 
 
@@ -232,8 +248,11 @@ def compare(
         # Through ModelConfig, so that a config saved before a field existed compares with the value it implies.
         on_disk = (run_dir / CONFIG_FILE).is_file() and ModelConfig.from_dict(read_config(run_dir)["model"]).to_dict()
         if on_disk and on_disk != configs[c.name].to_dict():
-            raise ConfigError("out", f"{run_dir} holds a different model than {c.title} is now (the matched SwiGLU "
-                                     f"width depends on the whole set of models); use a new --out folder")
+            raise ConfigError(
+                "out",
+                f"{run_dir} holds a different model than {c.title} is now (the matched SwiGLU "
+                f"width depends on the whole set of models); use a new --out folder",
+            )
     for i, c in enumerate(candidates, 1):
         previous = saved.get(c.name)
         if previous is not None and not previous["errors"]:
@@ -258,18 +277,28 @@ def candidates_for(models: Sequence[str]) -> list[Candidate]:
 # One candidate
 
 
-def _run_candidate(c: Candidate, model_config: ModelConfig, config: CompareConfig, out_dir: Path,
-                   log: Callable[[str], None]) -> dict:
+def _run_candidate(
+    c: Candidate, model_config: ModelConfig, config: CompareConfig, out_dir: Path, log: Callable[[str], None]
+) -> dict:
     """Train, then score; every stage's failure is recorded in row["errors"] and the later stages still run where
     they can (MQAR does not need the LM; NIAH does)."""
-    row: dict = {"name": c.name, "label": c.title, "preset": c.preset, "value": c.value,
-                 "model": model_config.to_dict(), "errors": {}}
+    row: dict = {
+        "name": c.name,
+        "label": c.title,
+        "preset": c.preset,
+        "value": c.value,
+        "model": model_config.to_dict(),
+        "errors": {},
+    }
     run_dir = out_dir / RUNS_DIR / c.name
     device = resolve_device(config.device, "device", error=ConfigError)
     try:
         row["lm"] = _train_lm(run_dir, model_config, config, out_dir / TOKENIZER_DIR)
-        log("  LM: " + ", ".join(f"{s} ppl {e['ppl']:.2f}" for s, e in row["lm"]["ppl"].items())
-            + f"; {row['lm']['tok_s']:,.0f} tokens/s")
+        log(
+            "  LM: "
+            + ", ".join(f"{s} ppl {e['ppl']:.2f}" for s, e in row["lm"]["ppl"].items())
+            + f"; {row['lm']['tok_s']:,.0f} tokens/s"
+        )
     except Exception as e:  # noqa: BLE001 - any failure of one model is reported in its row, not fatal to the rest
         row["errors"]["lm"] = _describe(e)
         log(f"  LM FAILED: {row['errors']['lm']}")
@@ -297,8 +326,9 @@ def _train_lm(run_dir: Path, model_config: ModelConfig, config: CompareConfig, t
         shutil.rmtree(run_dir)  # a first session stopped before its first save: nothing to continue, start again
     if (run_dir / CONFIG_FILE).is_file():
         # A resumed run keeps its saved settings except these (the trainer's RESUMABLE fields), cache_dir included.
-        result = train(TrainConfig(resume=str(run_dir), device=config.device, threads=config.threads,
-                                   progress=config.progress))
+        result = train(
+            TrainConfig(resume=str(run_dir), device=config.device, threads=config.threads, progress=config.progress)
+        )
     else:
         result = train(_train_config(config, run_dir, model_config, str(tokenizer.absolute())))
     records = MetricsLog(run_dir).read()
@@ -311,22 +341,41 @@ def _train_lm(run_dir: Path, model_config: ModelConfig, config: CompareConfig, t
         "steps": result.step,
         "tokens": result.tokens,
         # The trainer keys its evaluations by absolute path; the table by the spelling the user gave.
-        "ppl": {spec: {k: result.evals[absolute_spec(spec)][k] for k in ("ppl", "loss", "tokens")}
-                for spec in config.val_data},
+        "ppl": {
+            spec: {k: result.evals[absolute_spec(spec)][k] for k in ("ppl", "loss", "tokens")}
+            for spec in config.val_data
+        },
         "tok_s": _tokens_per_second(records),
         "train_loss": [[r["step"], r["loss"]] for r in records if r["event"] == "train"],
     }
 
 
-def _train_config(config: CompareConfig, run_dir: Path, model: ModelConfig | None = None,
-                  tokenizer: str = "bpe") -> TrainConfig:
+def _train_config(
+    config: CompareConfig, run_dir: Path, model: ModelConfig | None = None, tokenizer: str = "bpe"
+) -> TrainConfig:
     """The TrainConfig of a candidate's run (it validates data, val_data, device and the optimizer settings)."""
     return TrainConfig(
-        model=model, preset=model.preset if model else "moneta", size=config.size, data=config.data,
-        val_data=config.val_data, tokenizer=tokenizer, vocab_size=config.vocab_size, seq_len=config.lm_seq_len,
-        batch_size=config.batch_size, lr=config.lr, warmup_steps=config.warmup_steps, max_steps=config.steps,
-        max_minutes=-1, eval_every=-1, final_eval_tokens=config.eval_tokens, sample_tokens=0, seed=config.seed,
-        out_dir=str(run_dir), device=config.device, threads=_threads(config), progress=config.progress,
+        model=model,
+        preset=model.preset if model else "moneta",
+        size=config.size,
+        data=config.data,
+        val_data=config.val_data,
+        tokenizer=tokenizer,
+        vocab_size=config.vocab_size,
+        seq_len=config.lm_seq_len,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        warmup_steps=config.warmup_steps,
+        max_steps=config.steps,
+        max_minutes=-1,
+        eval_every=-1,
+        final_eval_tokens=config.eval_tokens,
+        sample_tokens=0,
+        seed=config.seed,
+        out_dir=str(run_dir),
+        device=config.device,
+        threads=_threads(config),
+        progress=config.progress,
         cache_dir=config.cache_dir,
     )
 
@@ -334,11 +383,19 @@ def _train_config(config: CompareConfig, run_dir: Path, model: ModelConfig | Non
 def _mqar(model_config: ModelConfig, config: CompareConfig, device: torch.device) -> dict:
     from miras.experiments.mqar import train_mqar
 
-    mqar_config = dataclasses.replace(model_config, vocab_size=config.mqar_vocab_size,
-                                      max_position_embeddings=config.mqar_seq_len)
-    result = train_mqar(mqar_config, seq_len=config.mqar_seq_len, num_kv_pairs=config.mqar_kv_pairs,
-                        steps=config.mqar_steps, batch_size=config.mqar_batch_size, lr=config.mqar_lr,
-                        seed=config.seed, device=device)
+    mqar_config = dataclasses.replace(
+        model_config, vocab_size=config.mqar_vocab_size, max_position_embeddings=config.mqar_seq_len
+    )
+    result = train_mqar(
+        mqar_config,
+        seq_len=config.mqar_seq_len,
+        num_kv_pairs=config.mqar_kv_pairs,
+        steps=config.mqar_steps,
+        batch_size=config.mqar_batch_size,
+        lr=config.mqar_lr,
+        seed=config.seed,
+        device=device,
+    )
     return result.to_dict()
 
 
@@ -346,9 +403,16 @@ def _niah(run_dir: Path, config: CompareConfig, device: torch.device) -> dict:
     from miras.eval.niah import evaluate_niah
 
     model, tokenizer = load_trained(run_dir, device)
-    result = evaluate_niah(model, tokenizer, lengths=config.niah_lengths or (config.lm_seq_len,),
-                           depths=config.niah_depths, variants=config.niah_variants,
-                           samples_per_cell=config.niah_samples, seed=config.seed, device=device)
+    result = evaluate_niah(
+        model,
+        tokenizer,
+        lengths=config.niah_lengths or (config.lm_seq_len,),
+        depths=config.niah_depths,
+        variants=config.niah_variants,
+        samples_per_cell=config.niah_samples,
+        seed=config.seed,
+        device=device,
+    )
     return {"accuracy": result.accuracy, "by_variant": result.by_variant, "samples": len(result.samples)}
 
 
@@ -370,21 +434,30 @@ def results_table(rows: Sequence[dict], config: CompareConfig) -> str:
         lm = row.get("lm")
         failed = {stage: "failed" for stage in row["errors"]}
         cells = [row["label"]]
-        cells += [f"{lm['ppl'][s]['ppl']:.2f}" if lm and s in lm["ppl"] else failed.get("lm", "")
-                  for s in config.val_data]
+        cells += [
+            f"{lm['ppl'][s]['ppl']:.2f}" if lm and s in lm["ppl"] else failed.get("lm", "") for s in config.val_data
+        ]
         if config.mqar_steps:
             cells.append(f"{100 * row['mqar']['accuracy']:.1f}" if "mqar" in row else failed.get("mqar", ""))
         if config.niah_samples:
-            cells.append(f"{100 * row['niah']['accuracy']:.1f}" if "niah" in row
-                         else failed.get("niah", failed.get("lm", "")))
+            cells.append(
+                f"{100 * row['niah']['accuracy']:.1f}" if "niah" in row else failed.get("niah", failed.get("lm", ""))
+            )
         if lm:
-            cells += [f"{lm['params'] / 1e6:.3f}M", f"{lm['non_embedding_params'] / 1e6:.3f}M",
-                      str(lm["intermediate_size"]), f"{lm['tok_s']:,.0f}"]
+            cells += [
+                f"{lm['params'] / 1e6:.3f}M",
+                f"{lm['non_embedding_params'] / 1e6:.3f}M",
+                str(lm["intermediate_size"]),
+                f"{lm['tok_s']:,.0f}",
+            ]
         else:
             model = row["model"]
-            cells += [f"{_count(ModelConfig.from_dict(model), embeddings=True) / 1e6:.3f}M",
-                      f"{_count(ModelConfig.from_dict(model)) / 1e6:.3f}M", str(model["intermediate_size"]),
-                      failed.get("lm", "")]
+            cells += [
+                f"{_count(ModelConfig.from_dict(model), embeddings=True) / 1e6:.3f}M",
+                f"{_count(ModelConfig.from_dict(model)) / 1e6:.3f}M",
+                str(model["intermediate_size"]),
+                failed.get("lm", ""),
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -400,19 +473,24 @@ def budget_text(config: CompareConfig) -> str:
         + f". Perplexity on {config.eval_tokens:,} tokens of each validation set.",
     ]
     if config.mqar_steps:
-        text.append(f"MQAR: the LM's architecture trained from scratch for {config.mqar_steps} steps x "
-                    f"{config.mqar_batch_size} examples (seq len {config.mqar_seq_len}, {config.mqar_kv_pairs} kv "
-                    f"pairs, vocab {config.mqar_vocab_size}, lr {config.mqar_lr:g}); accuracy at the query positions.")
+        text.append(
+            f"MQAR: the LM's architecture trained from scratch for {config.mqar_steps} steps x "
+            f"{config.mqar_batch_size} examples (seq len {config.mqar_seq_len}, {config.mqar_kv_pairs} kv "
+            f"pairs, vocab {config.mqar_vocab_size}, lr {config.mqar_lr:g}); accuracy at the query positions."
+        )
     if config.niah_samples:
         lengths = ", ".join(map(str, config.niah_lengths or (config.lm_seq_len,)))
-        text.append(f"NIAH: greedy decoding of the trained LM; {', '.join(config.niah_variants)} at length(s) "
-                    f"{lengths}, depths {', '.join(f'{d:g}' for d in config.niah_depths)}, {config.niah_samples} "
-                    f"sample(s) per cell.")
+        text.append(
+            f"NIAH: greedy decoding of the trained LM; {', '.join(config.niah_variants)} at length(s) "
+            f"{lengths}, depths {', '.join(f'{d:g}' for d in config.niah_depths)}, {config.niah_samples} "
+            f"sample(s) per cell."
+        )
     return "\n".join(f"- {line}" for line in text) + "\n"
 
 
-def _write_results(out_dir: Path, config: CompareConfig, candidates: Sequence[Candidate], rows: dict[str, dict],
-                   title: str, notes: str) -> None:
+def _write_results(
+    out_dir: Path, config: CompareConfig, candidates: Sequence[Candidate], rows: dict[str, dict], title: str, notes: str
+) -> None:
     """results.json, results.md and loss.png, each replaced atomically; the table and plot show `candidates`."""
     from miras.plots import plot_loss_curves  # loads matplotlib
 
@@ -497,6 +575,12 @@ def _integer(name: str, value: object, *, low: int, unset: int | None = None) ->
     check_int(name, value, low, unset=unset, error=ConfigError)
 
 
-__all__ = ["DEFAULT_MODELS", "Candidate", "CompareConfig", "candidates_for", "compare", "model_configs",
-           "results_table"]
-
+__all__ = [
+    "DEFAULT_MODELS",
+    "Candidate",
+    "CompareConfig",
+    "candidates_for",
+    "compare",
+    "model_configs",
+    "results_table",
+]

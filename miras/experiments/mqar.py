@@ -71,8 +71,13 @@ def mqar_model_config(
     """A `MirasLM` config for MQAR: `num_layers` blocks of width `width` (zoology: 2 layers, 1 attention head), the
     MQAR vocabulary and a context of `seq_len`. `overrides` are further ModelConfig fields (chunk_size, spec, ...)."""
     return ModelConfig(
-        preset=preset, hidden_size=width, num_hidden_layers=num_layers, num_heads=num_heads, vocab_size=vocab_size,
-        max_position_embeddings=seq_len, **overrides,
+        preset=preset,
+        hidden_size=width,
+        num_hidden_layers=num_layers,
+        num_heads=num_heads,
+        vocab_size=vocab_size,
+        max_position_embeddings=seq_len,
+        **overrides,
     )
 
 
@@ -112,15 +117,28 @@ def train_mqar(
     device = torch.device(device)
     start = time.perf_counter()
     data = mqar_splits(
-        seq_len, num_kv_pairs, model_config.vocab_size, train_examples=train_examples, test_examples=test_examples,
-        seed=seed, power_a=power_a,
+        seq_len,
+        num_kv_pairs,
+        model_config.vocab_size,
+        train_examples=train_examples,
+        test_examples=test_examples,
+        seed=seed,
+        power_a=power_a,
     )
     torch.manual_seed(seed)
     model = MirasLM(model_config).to(device)
     # The trainer's optimizer (miras/train/optim.py). Warm-up: Miras gates and memories start at designed values that
     # a full-size first step can knock far off.
-    optimizer, scheduler, _ = build_optimizer(model, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95),
-                                              warmup=max(1, steps // 10), total=steps, min_ratio=0.0, device=device)
+    optimizer, scheduler, _ = build_optimizer(
+        model,
+        lr=lr,
+        weight_decay=weight_decay,
+        betas=(0.9, 0.95),
+        warmup=max(1, steps // 10),
+        total=steps,
+        min_ratio=0.0,
+        device=device,
+    )
     order = torch.Generator().manual_seed(seed)
     perm, cursor = torch.randperm(train_examples, generator=order), 0
     losses = []
@@ -137,12 +155,21 @@ def train_mqar(
             raise FloatingPointError(f"MQAR training loss is {loss} at step {len(losses)}; try a lower lr")
         losses.append(loss)
     test = evaluate_mqar(model, data.test, batch_size=max(batch_size, 64), device=device)
-    tail = losses[-max(1, steps // 10):]
+    tail = losses[-max(1, steps // 10) :]
     return MQARResult(
-        model=name or model_config.preset, width=model_config.hidden_size, seq_len=seq_len,
-        num_kv_pairs=num_kv_pairs, lr=float(lr), steps=steps, batch_size=batch_size, seed=seed,
-        accuracy=test.accuracy, test_loss=test.mean_nll, train_loss=sum(tail) / len(tail),
-        num_parameters=model.num_parameters(), seconds=time.perf_counter() - start,
+        model=name or model_config.preset,
+        width=model_config.hidden_size,
+        seq_len=seq_len,
+        num_kv_pairs=num_kv_pairs,
+        lr=float(lr),
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        accuracy=test.accuracy,
+        test_loss=test.mean_nll,
+        train_loss=sum(tail) / len(tail),
+        num_parameters=model.num_parameters(),
+        seconds=time.perf_counter() - start,
     )
 
 
@@ -173,7 +200,11 @@ class MQARSweep:
 
     def model_config(self, model: str, width: int, seq_len: int) -> ModelConfig:
         return mqar_model_config(
-            model, width, vocab_size=self.vocab_size, seq_len=seq_len, num_layers=self.num_layers,
+            model,
+            width,
+            vocab_size=self.vocab_size,
+            seq_len=seq_len,
+            num_layers=self.num_layers,
             num_heads=self.num_heads,
         )
 
@@ -194,8 +225,13 @@ def make_sweep(
     Every (seq_len, kv) combination is tried, like zoology's sweep over both axes; combinations the task cannot hold
     are skipped rather than fatal, so `--seq-lens 64 256 --kv-pairs 4 32` runs the three that fit. Errors are
     ConfigErrors (ValueErrors) whose `field` is the argument's name, shown by the command line as its flag."""
-    for flag, values in (("models", models), ("seq_lens", seq_lens), ("kv_pairs", kv_pairs), ("widths", widths),
-                         ("lrs", lrs)):
+    for flag, values in (
+        ("models", models),
+        ("seq_lens", seq_lens),
+        ("kv_pairs", kv_pairs),
+        ("widths", widths),
+        ("lrs", lrs),
+    ):
         if not values:
             raise ConfigError(flag, "give at least one value")
     for model in models:
@@ -214,12 +250,18 @@ def make_sweep(
     skipped = [(t, k) for t, k in pairs if 4 * k > t]
     if not settings:
         raise ConfigError(
-            "kv_pairs", f"no combination fits: MQAR needs seq_len >= 4 * kv_pairs (a 2-token prefix pair and a "
-            f"2-token query slot per key); got seq lens {list(seq_lens)} and kv pairs {list(kv_pairs)}"
+            "kv_pairs",
+            f"no combination fits: MQAR needs seq_len >= 4 * kv_pairs (a 2-token prefix pair and a "
+            f"2-token query slot per key); got seq lens {list(seq_lens)} and kv pairs {list(kv_pairs)}",
         )
     sweep = MQARSweep(
-        models=tuple(dict.fromkeys(models)), settings=settings, widths=tuple(sorted(set(widths))),
-        lrs=tuple(dict.fromkeys(float(lr) for lr in lrs)), steps=steps, batch_size=batch_size, **options,
+        models=tuple(dict.fromkeys(models)),
+        settings=settings,
+        widths=tuple(sorted(set(widths))),
+        lrs=tuple(dict.fromkeys(float(lr) for lr in lrs)),
+        steps=steps,
+        batch_size=batch_size,
+        **options,
     )
     # Build every model config (cheap, no weights) and probe the task once per setting, so that a bad width, head
     # count or vocabulary fails before hours of training rather than in the middle.
@@ -256,14 +298,23 @@ def mqar_sweep(
     for i, (run, key) in enumerate(zip(runs, keys), 1):
         if key in by_key:
             continue
-        label = (f"[{i}/{len(runs)}] {run['model']} width {run['width']} seq_len {run['seq_len']} kv "
-                 f"{run['num_kv_pairs']} lr {run['lr']:g}")
+        label = (
+            f"[{i}/{len(runs)}] {run['model']} width {run['width']} seq_len {run['seq_len']} kv "
+            f"{run['num_kv_pairs']} lr {run['lr']:g}"
+        )
         try:
             result = train_mqar(
-                sweep.model_config(run["model"], run["width"], run["seq_len"]), seq_len=run["seq_len"],
-                num_kv_pairs=run["num_kv_pairs"], steps=sweep.steps, batch_size=sweep.batch_size, lr=run["lr"],
-                seed=sweep.seed, train_examples=sweep.train_examples, test_examples=sweep.test_examples,
-                device=sweep.device, name=run["model"],
+                sweep.model_config(run["model"], run["width"], run["seq_len"]),
+                seq_len=run["seq_len"],
+                num_kv_pairs=run["num_kv_pairs"],
+                steps=sweep.steps,
+                batch_size=sweep.batch_size,
+                lr=run["lr"],
+                seed=sweep.seed,
+                train_examples=sweep.train_examples,
+                test_examples=sweep.test_examples,
+                device=sweep.device,
+                name=run["model"],
             )
             by_key[key] = result.to_dict()
             log(f"{label}: accuracy {result.accuracy:.3f} ({result.seconds:.0f} s)")
@@ -285,8 +336,10 @@ def best_over_lrs(records: Sequence[dict]) -> dict[tuple[str, int, int, int], di
     for r in records:
         key = (r["model"], r["seq_len"], r["num_kv_pairs"], r["width"])
         current = best.get(key)
-        if current is None or ("error" in current and "error" not in r) or (
-            "error" not in r and r["accuracy"] > current["accuracy"]
+        if (
+            current is None
+            or ("error" in current and "error" not in r)
+            or ("error" not in r and r["accuracy"] > current["accuracy"])
         ):
             best[key] = r
     return best
@@ -317,29 +370,40 @@ def write_mqar_report(records: Sequence[dict], sweep: MQARSweep, out_dir: str | 
     _store(out_dir, sweep).save({"sweep": _sweep_dict(sweep), "runs": list(records)}, indent=2)
     failures = [r for r in records if "error" in r]
     text = [
-        "# MQAR: test accuracy (%) at the query positions, best over learning rates", "",
+        "# MQAR: test accuracy (%) at the query positions, best over learning rates",
+        "",
         f"{sweep.num_layers}-layer models, {sweep.num_heads} head(s), vocabulary {sweep.vocab_size}; "
         f"{sweep.steps} AdamW steps of batch {sweep.batch_size}, lrs {', '.join(f'{lr:g}' for lr in sweep.lrs)}; "
-        f"{sweep.test_examples} test examples disjoint from the training set; seed {sweep.seed}.", "",
+        f"{sweep.test_examples} test examples disjoint from the training set; seed {sweep.seed}.",
+        "",
         mqar_table(records, sweep),
     ]
     if failures:
-        text += ["## Failed runs", ""] + [
-            f"- {r['model']} width {r['width']} seq len {r['seq_len']} kv {r['num_kv_pairs']} lr {r['lr']:g}: "
-            f"{r['error']}" for r in failures
-        ] + [""]
+        text += (
+            ["## Failed runs", ""]
+            + [
+                f"- {r['model']} width {r['width']} seq len {r['seq_len']} kv {r['num_kv_pairs']} lr {r['lr']:g}: "
+                f"{r['error']}"
+                for r in failures
+            ]
+            + [""]
+        )
     write_text_atomic(out_dir / TABLE_FILE, "\n".join(text))
     best = best_over_lrs(records)
     for seq_len, kv in sweep.settings:
         curves = {
-            model: {w: best[(model, seq_len, kv, w)]["accuracy"] for w in sweep.widths
-                    if "accuracy" in best.get((model, seq_len, kv, w), {})}
+            model: {
+                w: best[(model, seq_len, kv, w)]["accuracy"]
+                for w in sweep.widths
+                if "accuracy" in best.get((model, seq_len, kv, w), {})
+            }
             for model in sweep.models
         }
         curves = {model: c for model, c in curves.items() if c}
         if curves:
-            plot_accuracy_vs_width(curves, out_dir / f"mqar-T{seq_len}-kv{kv}.png",
-                                   title=f"MQAR: seq len {seq_len}, {kv} kv pairs")
+            plot_accuracy_vs_width(
+                curves, out_dir / f"mqar-T{seq_len}-kv{kv}.png", title=f"MQAR: seq len {seq_len}, {kv} kv pairs"
+            )
 
 
 def _check_positive(name: str, value: object, error: Callable[[str, str], ValueError] | None = None) -> None:

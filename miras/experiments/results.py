@@ -29,9 +29,12 @@ class ResultsStore:
         held = saved.get(self.budget_key, {})
         changed = sorted(k for k in self.budget if held.get(k) != self.budget[k])
         if changed:
-            raise ConfigError("out", f"{self.path.parent} holds results of another budget (differs in "
-                                     f"{', '.join(changed)}); use a new --out folder, or the same flags to continue "
-                                     f"it")
+            raise ConfigError(
+                "out",
+                f"{self.path.parent} holds results of another budget (differs in "
+                f"{', '.join(changed)}); use a new --out folder, or the same flags to continue "
+                f"it",
+            )
         return saved
 
     def save(self, payload: dict, indent: int = 1) -> None:

@@ -20,8 +20,13 @@ MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
 
 # Fields written back resolved, and the fields they are resolved from: a source overridden when loading
 # (`from_pretrained(path, preset="yaad")`) resolves them again, unless they are overridden too.
-RESOLVED_FROM = {"spec": ("preset",), "eta_gate": ("preset",), "alpha_gate": ("preset",),
-                 "head_dim": ("hidden_size", "num_heads"), "intermediate_size": ("hidden_size",)}
+RESOLVED_FROM = {
+    "spec": ("preset",),
+    "eta_gate": ("preset",),
+    "alpha_gate": ("preset",),
+    "head_dim": ("hidden_size", "num_heads"),
+    "intermediate_size": ("hidden_size",),
+}
 
 
 class MirasConfig(PreTrainedConfig):
@@ -69,11 +74,15 @@ class MirasConfig(PreTrainedConfig):
         spec (yaad's gates around moneta's memory). Model fields are applied to the dict before the config is built
         instead: validated, and what was resolved from them is resolved again (RESOLVED_FROM)."""
         names = cls.attribute_map  # num_attention_heads -> num_heads
-        overrides = {names.get(key, key): kwargs.pop(key) for key in list(kwargs) if names.get(key, key) in MODEL_FIELDS}
+        overrides = {
+            names.get(key, key): kwargs.pop(key) for key in list(kwargs) if names.get(key, key) in MODEL_FIELDS
+        }
         if overrides:
             config_dict = dict(config_dict)
             for field, sources in RESOLVED_FROM.items():
-                if field not in overrides and any(s in overrides and overrides[s] != config_dict.get(s) for s in sources):
+                if field not in overrides and any(
+                    s in overrides and overrides[s] != config_dict.get(s) for s in sources
+                ):
                     config_dict[field] = None
             config_dict.update(overrides)
         return super().from_dict(config_dict, **kwargs)

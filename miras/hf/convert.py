@@ -77,7 +77,9 @@ def run_to_hf(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     saved = read_config(run_dir)
     tokenizer = _load_tokenizer(run_dir / TOKENIZER_DIR)
     config = MirasConfig.from_model_config(
-        _model_config(saved, run_dir), bos_token_id=tokenizer.eos_id, eos_token_id=tokenizer.eos_id,
+        _model_config(saved, run_dir),
+        bos_token_id=tokenizer.eos_id,
+        eos_token_id=tokenizer.eos_id,
         pad_token_id=tokenizer.eos_id,
     )
     # The weights are loaded right after: skip transformers' (and so the native) initialization.
@@ -119,7 +121,9 @@ def hf_to_run(hf_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
         train, checkpoint = _read_record(record_file)
     else:
         train = TrainConfig(
-            preset=model_config.preset, seq_len=model_config.max_position_embeddings, tokenizer=tokenizer.kind,
+            preset=model_config.preset,
+            seq_len=model_config.max_position_embeddings,
+            tokenizer=tokenizer.kind,
             vocab_size=tokenizer.vocab_size,
         ).to_dict()
         checkpoint = checkpoint_name(0)

@@ -216,8 +216,10 @@ def _refuse_unsupported(inputs_embeds, output_attentions, output_hidden_states) 
     if output_attentions:
         raise ValueError("output_attentions is not supported: Miras memory layers have no attention weights")
     if output_hidden_states:
-        raise ValueError("output_hidden_states is not supported; MirasModel returns the final hidden states "
-                         "(last_hidden_state), and forward hooks on model.lm.layers give each block's output")
+        raise ValueError(
+            "output_hidden_states is not supported; MirasModel returns the final hidden states "
+            "(last_hidden_state), and forward hooks on model.lm.layers give each block's output"
+        )
 
 
 def _set_token_embeddings(lm: MirasLM, value: torch.nn.Embedding) -> None:

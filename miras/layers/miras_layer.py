@@ -220,8 +220,15 @@ class MirasLayer(nn.Module):
         """The cache before the first token: the learned initial memory and an all-zero conv history."""
         p = self.memory_init[0]
         state = resolve_state(
-            self.spec, self._initial_memory(batch_size), batch_size, self.num_heads, self.head_dim, self.head_dim,
-            compute_dtype(p), p.device, self.chunk_size,
+            self.spec,
+            self._initial_memory(batch_size),
+            batch_size,
+            self.num_heads,
+            self.head_dim,
+            self.head_dim,
+            compute_dtype(p),
+            p.device,
+            self.chunk_size,
         )
         conv = p.new_zeros(batch_size, self.qkv_conv.channels, self.qkv_conv.kernel_size - 1)
         return MirasLayerCache(state, conv)
@@ -273,8 +280,17 @@ class MirasLayer(nn.Module):
         elif self._compiled_op is not None:
             op = self._compiled_op
         o, state = op(
-            q, k, v, eta, alpha, spec=self.spec, chunk_size=self.chunk_size, momentum=theta, delta=delta,
-            initial_state=state, output_final_state=cache is not None,
+            q,
+            k,
+            v,
+            eta,
+            alpha,
+            spec=self.spec,
+            chunk_size=self.chunk_size,
+            momentum=theta,
+            delta=delta,
+            initial_state=state,
+            output_final_state=cache is not None,
         )  # o [B, T, H, D]
         y = self._output(x, o)
         if cache is None:

@@ -203,9 +203,7 @@ class MirasEvalLM(TemplateLM):
         order = sorted(range(len(jobs)), key=lambda i: (-len(jobs[i][0]), jobs[i][1:]))
         results: list[str | None] = [None] * len(jobs)
         bar = progress_bar(total=len(jobs), disable=disable_tqdm, desc="generate_until")
-        for (_, until, max_gen_toks), group in itertools.groupby(
-            order, key=lambda i: (len(jobs[i][0]), *jobs[i][1:])
-        ):
+        for (_, until, max_gen_toks), group in itertools.groupby(order, key=lambda i: (len(jobs[i][0]), *jobs[i][1:])):
             group = list(group)
             for start in range(0, len(group), self.batch_size):
                 batch = group[start : start + self.batch_size]

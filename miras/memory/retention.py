@@ -91,8 +91,10 @@ def retention_slope(spec: MemorySpec, accum: tuple[torch.Tensor, ...]) -> tuple[
     if spec.retention == "lq":
         if spec.lq_map == "literal":
             return tuple(lq_scale(spec, a) for a in accum)
-        return tuple((spec.q - 1.0) * smooth_abs_pow(spec, a, spec.q - 2.0).mean(dim=(-2, -1), keepdim=True)
-                     * lq_scale(spec, a) for a in accum)
+        return tuple(
+            (spec.q - 1.0) * smooth_abs_pow(spec, a, spec.q - 2.0).mean(dim=(-2, -1), keepdim=True) * lq_scale(spec, a)
+            for a in accum
+        )
     if spec.retention == "kl":
         return tuple(kl_slope(spec, w) for w in retention_map(spec, accum))
     if spec.retention == "elastic":

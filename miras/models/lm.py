@@ -137,9 +137,7 @@ class MirasLM(nn.Module):
         logits = self.lm_head(hidden)  # [B, T, vocab]
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
-            )
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
         return LMOutput(logits, loss, cache)
 
     def hidden_states(

@@ -24,6 +24,7 @@ from miras.ops.state import TINY_GATE, MirasState, Weights, check_inputs, resolv
 from miras.ops.torch_workarounds import compile_static
 from miras.spec import MemorySpec
 
+
 def _decay_products(gate: torch.Tensor) -> torch.Tensor:
     """gate [B, H, n] -> P [B, H, n+1, n+1], P[t, j] = prod_{j < l <= t} gate_l (index 0 is the chunk's base), zero
     above the diagonal: exp(L_t - L_j) from the cumulative log gates L (README section 3)."""
@@ -80,8 +81,9 @@ def _coefficients(
         a, c, b, s_end, d_end = _coefficients(
             eta[..., 1:], None if alpha is None else alpha[..., 1:], None if theta is None else theta[..., 1:]
         )
-        pad = (lambda x: None if x is None else F.pad(x, (1, 0)))
-        return _Coefficients(F.pad(a, (1, 0), value=1.0), F.pad(c, (1, 0, 1, 0)), pad(b), s_end, pad(d_end))
+        return _Coefficients(
+            F.pad(a, (1, 0), value=1.0), F.pad(c, (1, 0, 1, 0)), _pad_front(b), s_end, _pad_front(d_end)
+        )
     n = eta.shape[-1]
     if alpha is None:  # retention "none": every product is 1
         p_alpha = eta.new_ones(n + 1, n + 1).tril().expand(*eta.shape[:-1], n + 1, n + 1)
@@ -93,8 +95,17 @@ def _coefficients(
     p_theta = _decay_products(theta)
     mixed = p_alpha @ p_theta  # sum_m Pα[t, m] Pθ[m, i]
     return _Coefficients(
-        a, mixed[..., 1:, 1:] * eta.unsqueeze(-2), mixed[..., 1:, 0] - a, p_theta[..., -1, 0], p_theta[..., -1, 1:] * eta
+        a,
+        mixed[..., 1:, 1:] * eta.unsqueeze(-2),
+        mixed[..., 1:, 0] - a,
+        p_theta[..., -1, 0],
+        p_theta[..., -1, 1:] * eta,
     )
+
+
+def _pad_front(x: torch.Tensor | None) -> torch.Tensor | None:
+    """x with a zero before its first entry on the last axis (None stays None)."""
+    return None if x is None else F.pad(x, (1, 0))
 
 
 def _layer_norm_stats(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -293,7 +304,9 @@ def _segment(
         coef = _coefficients(tokens.eta, tokens.alpha, tokens.theta, lag_row)
     gamma = coef.a if spec.gradient_at == "retained" else None
     inputs, deltas = _anchor_gradients(spec, anchor, tokens.k, tokens.v, tokens.delta, gamma, scales)
-    o = _dual_read(spec, mem0 if read0 is None else read0, mom0, coef, inputs, deltas, tokens.q, scores0, scales, slopes)
+    o = _dual_read(
+        spec, mem0 if read0 is None else read0, mom0, coef, inputs, deltas, tokens.q, scores0, scales, slopes
+    )
     a_end = coef.a[..., -1, None, None]  # [B, H, 1, 1]
     minus_c_end = -coef.c[..., -1, :].unsqueeze(-1)  # [B, H, n, 1]
     # What the chunk adds to a_n W_0 (README section 3: W_n = a_n W_0 + b_n S_0 - Σ_i c[n, i] g_i). The read
@@ -306,7 +319,9 @@ def _segment(
         step = [torch.addcmul(u, b_end, s) for u, s in zip(step, mom0)]
         s_end = coef.s_end[..., None, None]
         minus_d_end = -coef.d_end.unsqueeze(-1)
-        mom = tuple(torch.addcmul((d * minus_d_end).transpose(-1, -2) @ x, s_end, s) for s, d, x in zip(mom0, deltas, inputs))
+        mom = tuple(
+            torch.addcmul((d * minus_d_end).transpose(-1, -2) @ x, s_end, s) for s, d, x in zip(mom0, deltas, inputs)
+        )
     mem = tuple(torch.addcmul(u, a_end, m) for m, u in zip(mem0, step))
     if not keep_weights:
         return o, mem, mom, None, None, slopes
@@ -354,7 +369,12 @@ def _scaled(weights: Weights, scales: Scales) -> Weights:
 
 
 def _full_chunks(
-    spec: MemorySpec, mem: Weights, mom: Weights | None, tokens: _Tokens, coef: _Coefficients, scores: torch.Tensor | None
+    spec: MemorySpec,
+    mem: Weights,
+    mom: Weights | None,
+    tokens: _Tokens,
+    coef: _Coefficients,
+    scores: torch.Tensor | None,
 ) -> tuple[torch.Tensor, Weights, Weights | None]:
     """A run of G full chunks, chunk-major (tokens [G, B, H, n, ...], coef and scores [G, ...]), each one `_segment`
     that starts and ends a chunk. Returns (o [G, B, H, n, V], memory after, momentum after)."""
@@ -472,7 +492,9 @@ def chunk_miras(
         # needs (a window of [B, H, T, D] has T-dependent strides, each a recompilation) and eager matmuls like.
         # The gate coefficients and first-layer scores (Q Kᵀ) ⊙ C do not depend on the memory: computed for all full
         # chunks at once.
-        body = _Tokens(*(None if x is None else x.unflatten(2, (full, chunk_size)).movedim(2, 0).contiguous() for x in body))
+        body = _Tokens(
+            *(None if x is None else x.unflatten(2, (full, chunk_size)).movedim(2, 0).contiguous() for x in body)
+        )
         coef_all = _coefficients(body.eta, body.alpha, body.theta, spec.nonlinear_retention)
         scores = None
         if spec.gradient_at == "anchor":

@@ -209,9 +209,7 @@ def _blocked_unit_lower_inverse(lower: torch.Tensor) -> torch.Tensor:
     return inverse
 
 
-def _scan(
-    w0: torch.Tensor, transition: torch.Tensor | None, carry: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _scan(w0: torch.Tensor, transition: torch.Tensor | None, carry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """W_{j+1} = W_j A_j + B_j from W_0 = w0 [B, H, V, K]; carry [B, H, N, V, K]; transition [B·H·N, K, K], or
     [B·H·N, 1, 1] (a scalar), or None (the identity). Returns (W_0..W_{N-1} as [B·H·N, V, K], W_N [B, H, V, K]).
     One fused op per chunk on [B·H, V, K]; unbind and stack cost one backward op each."""

@@ -91,7 +91,9 @@ def _check_range(name: str, gate: torch.Tensor | None, low: float, high: float |
         bad = bad | (g > high)
     bad = bad | ~torch.isfinite(g)
     if bool(bad.any()):
-        bound = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}{']' if high is not None else ')'}"
+        bound = (
+            f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}{']' if high is not None else ')'}"
+        )
         raise ValueError(f"{name} must lie in {bound} (activate it before the op); found {float(g[bad][0])}")
 
 

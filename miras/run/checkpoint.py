@@ -46,12 +46,15 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path:
     run_dir = Path(run_dir)
     pointer = run_dir / LATEST
     if not pointer.is_file():
-        raise CheckpointError(f"{run_dir}: no checkpoint to resume from (no '{LATEST}' file); the run stopped before "
-                              "its first save: delete the folder to start it again")
+        raise CheckpointError(
+            f"{run_dir}: no checkpoint to resume from (no '{LATEST}' file); the run stopped before "
+            "its first save: delete the folder to start it again"
+        )
     path = run_dir / pointer.read_text(encoding="utf-8").strip()
     if not (path / MODEL_FILE).is_file():
         raise CheckpointError(f"{run_dir}: '{LATEST}' names {path.name}, which has no {MODEL_FILE}")
     return path
+
 
 def resumable_checkpoint(run_dir: str | os.PathLike) -> Path:
     """The checkpoint a resume continues from: the latest, with its optimizer and scheduler state; CheckpointError
@@ -59,23 +62,29 @@ def resumable_checkpoint(run_dir: str | os.PathLike) -> Path:
     path = latest_checkpoint(run_dir)
     missing = [name for name in (STATE_JSON, STATE_TENSORS) if not (path / name).is_file()]
     if missing:
-        raise CheckpointError(f"{path}: no training state ({', '.join(missing)} missing), so the run cannot be "
-                              "resumed; "
-                              "a run converted from a Hugging Face folder has weights only: train a new run from it "
-                              "instead")
+        raise CheckpointError(
+            f"{path}: no training state ({', '.join(missing)} missing), so the run cannot be "
+            "resumed; "
+            "a run converted from a Hugging Face folder has weights only: train a new run from it "
+            "instead"
+        )
     return path
+
 
 def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path]:
     """A run folder (its latest checkpoint) or a checkpoint folder inside one -> (run folder, checkpoint folder)."""
     path = Path(path)
     if is_hf_folder(path):
-        raise CheckpointError(f"{path}: a Hugging Face folder, not a run folder; load it with transformers, or convert "
-                              f"it first: miras convert from-hf {path} RUN_FOLDER")
+        raise CheckpointError(
+            f"{path}: a Hugging Face folder, not a run folder; load it with transformers, or convert "
+            f"it first: miras convert from-hf {path} RUN_FOLDER"
+        )
     if (path / MODEL_FILE).is_file():
         return path.parent, path
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such run or checkpoint folder")
     return path, latest_checkpoint(path)
+
 
 def load_model_weights(model: nn.Module, path: str | os.PathLike) -> Path:
     """Load a checkpoint's weights (a run folder's latest, or a checkpoint folder's) into `model`, strictly.
@@ -85,18 +94,21 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike) -> Path:
     try:
         load_model(model, str(path / MODEL_FILE), strict=True, device=str(device))
     except SafetensorError as e:
-        raise CheckpointError(f"{path / MODEL_FILE}: not a readable safetensors file ({e}); the checkpoint is "
-                              "damaged") from None
+        raise CheckpointError(
+            f"{path / MODEL_FILE}: not a readable safetensors file ({e}); the checkpoint is damaged"
+        ) from None
     except RuntimeError as e:  # names the missing / unexpected / mis-shaped tensors
         raise CheckpointError(f"{path / MODEL_FILE} does not fit this model: {e}") from None
     return path
+
 
 def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MirasLM, Tokenizer]:
     """A trained model (eval mode) and its tokenizer from a run folder or one of its checkpoint folders."""
     run_dir, checkpoint = resolve_checkpoint(path)
     if not (run_dir / TOKENIZER_DIR).is_dir():
-        raise CheckpointError(f"{run_dir}: no {TOKENIZER_DIR}/ folder; a run folder holds the tokenizer its model was "
-                              "trained with")
+        raise CheckpointError(
+            f"{run_dir}: no {TOKENIZER_DIR}/ folder; a run folder holds the tokenizer its model was trained with"
+        )
     try:
         model_config = ModelConfig.from_dict(read_config(run_dir)["model"])
     except (KeyError, TypeError, ValueError) as e:

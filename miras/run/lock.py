@@ -46,15 +46,19 @@ class RunLock:
             except BlockingIOError:
                 owner = _describe(_read(fd))
                 os.close(fd)
-                raise RunInUse(f"{Path(run_dir)} is in use by another miras train ({owner}); wait for it to finish, "
-                               f"or stop it, before training in this folder") from None
+                raise RunInUse(
+                    f"{Path(run_dir)} is in use by another miras train ({owner}); wait for it to finish, "
+                    f"or stop it, before training in this folder"
+                ) from None
             except OSError as e:
                 if e.errno not in NO_LOCKS:
                     os.close(fd)
                     raise
                 # A file system without locks (some FUSE mounts): train anyway, but say that nothing guards the folder.
-                notice(f"{path}: this file system cannot lock files ({e.strerror}), so nothing stops a second "
-                       "miras train from writing to this folder at the same time")
+                notice(
+                    f"{path}: this file system cannot lock files ({e.strerror}), so nothing stops a second "
+                    "miras train from writing to this folder at the same time"
+                )
                 break
             # The owner before us deletes the file and only then unlocks it. If we opened the file before it was
             # deleted, our lock is on a file no other process will find, so try again.
@@ -68,8 +72,11 @@ class RunLock:
         stale = _read(fd)
         if stale:
             notice(f"{path}: taking over a stale lock; its owner ({_describe(stale)}) ended without releasing it")
-        owner = {"pid": os.getpid(), "host": socket.gethostname(),
-                 "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+        owner = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(owner) + "\n").encode("utf-8"), 0)
         return cls(path, fd)

@@ -81,8 +81,15 @@ def save_checkpoint(
     return final
 
 
-def _write_checkpoint(run_dir: Path, final: Path, model: nn.Module, model_state: dict, optimizer_state: dict,
-                      scheduler: torch.optim.lr_scheduler.LRScheduler, counters: dict) -> None:
+def _write_checkpoint(
+    run_dir: Path,
+    final: Path,
+    model: nn.Module,
+    model_state: dict,
+    optimizer_state: dict,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    counters: dict,
+) -> None:
     tmp = run_dir / TMP_DIR
     shutil.rmtree(tmp, ignore_errors=True)  # left over from a run killed while saving
     tmp.mkdir(parents=True)
@@ -104,16 +111,6 @@ def _write_checkpoint(run_dir: Path, final: Path, model: nn.Module, model_state:
     for old in run_dir.glob("checkpoint-*"):
         if old.is_dir() and old.name not in (name, TMP_DIR):
             shutil.rmtree(old, ignore_errors=True)
-
-
-
-
-
-
-
-
-
-
 
 
 def load_checkpoint(
@@ -173,8 +170,10 @@ def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
             _, index, key = name.split(".", 2)
             state[int(index)][key] = value
     # JSON turned tuples (betas) into lists; optimizers expect what they were built with.
-    groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
-              for g in meta["param_groups"]]
+    groups = [
+        {k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
+        for g in meta["param_groups"]
+    ]
     return {"state": state, "param_groups": groups}
 
 

@@ -30,8 +30,18 @@ DEFAULT_MINUTES = 8.0  # `miras train`'s time budget when given neither --max-st
 # Fields a resumed run may change: they stop, place or report the run but do not change what it computes.
 # max_skipped_steps only decides when non-finite steps stop the run: a run stopped by a one-off overflow can be
 # resumed with a larger value to get past it (divergence.py).
-RESUMABLE = ("max_steps", "max_minutes", "device", "threads", "compile", "tf32", "tensorboard", "progress", "parallel",
-             "max_skipped_steps")
+RESUMABLE = (
+    "max_steps",
+    "max_minutes",
+    "device",
+    "threads",
+    "compile",
+    "tf32",
+    "tensorboard",
+    "progress",
+    "parallel",
+    "max_skipped_steps",
+)
 
 
 class ConfigError(ValueError):
@@ -118,21 +128,31 @@ class TrainConfig:
         _choice("preset", self.preset, (*PRESETS, TRANSFORMER))
         _choice("size", self.size, tuple(SIZES))
         if self.tokenizer not in TOKENIZERS and not (Path(self.tokenizer) / "tokenizer_meta.json").is_file():
-            raise ConfigError("tokenizer", f"{self.tokenizer!r} is not one of {', '.join(TOKENIZERS)} or a saved "
-                                           f"tokenizer folder")
+            raise ConfigError(
+                "tokenizer", f"{self.tokenizer!r} is not one of {', '.join(TOKENIZERS)} or a saved tokenizer folder"
+            )
         if self.model is not None and not isinstance(self.model, ModelConfig):
             raise ConfigError("model", f"must be a ModelConfig (or None), got {type(self.model).__name__}")
         if self.model is not None:  # config.json's "train" then names the design the run trains
             self.preset = self.model.preset
             for name, value in self.model_overrides().items():
                 if getattr(self.model, name) != value:
-                    raise ConfigError(name, f"{value} disagrees with the given model's {name}="
-                                            f"{getattr(self.model, name)}; set it in the ModelConfig")
+                    raise ConfigError(
+                        name,
+                        f"{value} disagrees with the given model's {name}="
+                        f"{getattr(self.model, name)}; set it in the ModelConfig",
+                    )
         _choice("device", self.device, DEVICES)
         _choice("dtype", self.dtype, DTYPES)
         _choice("parallel", self.parallel, PARALLEL)
-        for name in MODEL_OVERRIDES + ("seq_len", "max_steps", "eval_every", "save_every", "threads",
-                                       "final_eval_tokens"):
+        for name in MODEL_OVERRIDES + (
+            "seq_len",
+            "max_steps",
+            "eval_every",
+            "save_every",
+            "threads",
+            "final_eval_tokens",
+        ):
             _integer(name, getattr(self, name), low=1, allow_unset=True)
         for name in ("batch_size", "grad_accum", "log_every", "eval_batches"):
             _integer(name, getattr(self, name), low=1)
@@ -185,8 +205,9 @@ class TrainConfig:
         tokenizer's own)."""
         if self.model is not None:
             return self.model
-        return ModelConfig.from_size(self.size, preset=self.preset, vocab_size=self.vocab_size,
-                                     **self.model_overrides())
+        return ModelConfig.from_size(
+            self.size, preset=self.preset, vocab_size=self.vocab_size, **self.model_overrides()
+        )
 
     def replace(self, **changes: object) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

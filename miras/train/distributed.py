@@ -36,8 +36,11 @@ def process_device(name: str, local_rank: int | None) -> torch.device:
     if device.type == "cpu" or local_rank is None:
         return device
     if local_rank >= torch.cuda.device_count():
-        raise ConfigError("device", f"local rank {local_rank} has no GPU of its own (torch sees "
-                                    f"{torch.cuda.device_count()}); start at most that many processes per node")
+        raise ConfigError(
+            "device",
+            f"local rank {local_rank} has no GPU of its own (torch sees "
+            f"{torch.cuda.device_count()}); start at most that many processes per node",
+        )
     return torch.device("cuda", local_rank)
 
 
@@ -203,8 +206,9 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
     return {"state": {number[name]: entry for name, entry in state["state"].items()}, "param_groups": groups}
 
 
-def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
-                    optimizer_state: dict) -> None:
+def load_full_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optimizer_state: dict
+) -> None:
     """Load single-process-format state dicts (see `full_optimizer_state`) into a sharded `model` and its optimizer:
     every rank passes the full dicts and keeps its shard. `model_state` may omit tied aliases (model.safetensors
     does)."""
@@ -219,7 +223,9 @@ def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_st
     order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
     by_name = {
         "state": {order[int(i)]: entry for i, entry in optimizer_state["state"].items()},
-        "param_groups": [{**saved, "params": [names[id(p)] for p in group["params"]]}
-                         for saved, group in zip(optimizer_state["param_groups"], optimizer.param_groups)],
+        "param_groups": [
+            {**saved, "params": [names[id(p)] for p in group["params"]]}
+            for saved, group in zip(optimizer_state["param_groups"], optimizer.param_groups)
+        ],
     }
     set_optimizer_state_dict(model, optimizer, by_name, options=_full_options())

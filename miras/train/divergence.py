@@ -47,28 +47,35 @@ def weights_finite(model: nn.Module, distributed: Distributed) -> bool:
     return distributed.sum([bad])[0] == 0
 
 
-def skip_line(step: int, loss: float, grad_norm: float, skipped: int, config: TrainConfig,
-              last_good: Path | None) -> str:
+def skip_line(
+    step: int, loss: float, grad_norm: float, skipped: int, config: TrainConfig, last_good: Path | None
+) -> str:
     """The line a skipped step prints; `skipped` counts this one."""
-    return (f"step {step}: {_values(loss, grad_norm)}: skipped its update ({skipped} of at most "
-            f"{config.max_skipped_steps} skipped steps); likely cause: {_cause(config)}; if it repeats, "
-            f"{_remedy(config)}; {_kept(last_good)}")
+    return (
+        f"step {step}: {_values(loss, grad_norm)}: skipped its update ({skipped} of at most "
+        f"{config.max_skipped_steps} skipped steps); likely cause: {_cause(config)}; if it repeats, "
+        f"{_remedy(config)}; {_kept(last_good)}"
+    )
 
 
 def stop_line(step: int, loss: float, grad_norm: float, config: TrainConfig, last_good: Path | None) -> str:
     """The line of a run that stops: this step would have been one skip more than max_skipped_steps allows."""
     n = config.max_skipped_steps
     allowed = f"after {n} skipped step{'s' * (n != 1)} (--max-skipped-steps {n})" if n else "(--max-skipped-steps 0)"
-    return (f"step {step}: {_values(loss, grad_norm)} {allowed}: the run diverged and stops; likely cause: "
-            f"{_cause(config)}; remedy: {_remedy(config)}; {_kept(last_good)}")
+    return (
+        f"step {step}: {_values(loss, grad_norm)} {allowed}: the run diverged and stops; likely cause: "
+        f"{_cause(config)}; remedy: {_remedy(config)}; {_kept(last_good)}"
+    )
 
 
 def unsaved_line(step: int, loss: float, config: TrainConfig, last_good: Path | None) -> str:
     """The line of a run whose weights went non-finite although its last loss and gradient norm were finite (an
     update that overflowed): the checkpoint of `step` is not written."""
-    return (f"step {step}: the weights are not finite after an update (last loss {loss:.4g}), so this checkpoint "
-            f"is not saved and the run stops; likely cause: {_cause(config)}; remedy: {_remedy(config)}; "
-            f"{_kept(last_good)}")
+    return (
+        f"step {step}: the weights are not finite after an update (last loss {loss:.4g}), so this checkpoint "
+        f"is not saved and the run stops; likely cause: {_cause(config)}; remedy: {_remedy(config)}; "
+        f"{_kept(last_good)}"
+    )
 
 
 def _values(loss: float, grad_norm: float) -> str:

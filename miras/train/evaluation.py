@@ -55,8 +55,9 @@ def evaluate(
             logits = model(input_ids.to(device)).logits
         keep = min(len(labels), counted - lo)
         if keep > 0:
-            nll = F.cross_entropy(logits[:keep].flatten(0, 1).float(), labels[:keep].to(device).flatten(),
-                                  reduction="sum")
+            nll = F.cross_entropy(
+                logits[:keep].flatten(0, 1).float(), labels[:keep].to(device).flatten(), reduction="sum"
+            )
             nll_sum, num_tokens = nll_sum + nll.item(), num_tokens + labels[:keep].numel()
     model.train(was_training)
     acc = NLLAccumulator()

@@ -87,15 +87,25 @@ class RunState:
     @classmethod
     def of(cls, run: Run) -> "RunState":
         c, resumed = run.counters, bool(run.config.resume)
-        return cls(step=c["step"], window=list(c.get("window", (0.0, 0, 0.0))), skipped=c.get("skipped", 0),
-                   threads=c.get("threads"), last_saved=c["step"] if resumed else -1,
-                   last_good=resumable_checkpoint(run.run_dir) if resumed else None,
-                   train_points=[(r["step"], r["loss"]) for r in run.history if r["event"] == "train"],
-                   val_points=[(r["step"], r["val_loss"]) for r in run.history if r["event"] == "eval"])
+        return cls(
+            step=c["step"],
+            window=list(c.get("window", (0.0, 0, 0.0))),
+            skipped=c.get("skipped", 0),
+            threads=c.get("threads"),
+            last_saved=c["step"] if resumed else -1,
+            last_good=resumable_checkpoint(run.run_dir) if resumed else None,
+            train_points=[(r["step"], r["loss"]) for r in run.history if r["event"] == "train"],
+            val_points=[(r["step"], r["val_loss"]) for r in run.history if r["event"] == "eval"],
+        )
 
     def counters(self, tokens_per_step: int, elapsed: float) -> dict:
-        counters = {"step": self.step, "tokens": self.step * tokens_per_step, "elapsed_s": elapsed,
-                    "window": list(self.window), "skipped": self.skipped}
+        counters = {
+            "step": self.step,
+            "tokens": self.step * tokens_per_step,
+            "elapsed_s": elapsed,
+            "window": list(self.window),
+            "skipped": self.skipped,
+        }
         return counters if self.threads is None else {**counters, "threads": self.threads}
 
 
@@ -112,8 +122,9 @@ def train(config: TrainConfig) -> TrainResult:
     distributed = Distributed.start(config.device)
     try:
         if config.tf32 and distributed.device.type != "cuda":  # checked before the process-wide flag is set
-            raise ConfigError("tf32", f"TF32 matmuls are for CUDA GPUs (Ampere or newer), but the device is "
-                                      f"{distributed.device}")
+            raise ConfigError(
+                "tf32", f"TF32 matmuls are for CUDA GPUs (Ampere or newer), but the device is {distributed.device}"
+            )
         # saved_tensors_kept: torch.compile gives wrong gradients with donated buffers (ops/torch_workarounds.py);
         # the model compiles on its first call, inside the run
         with tf32_matmuls(config.tf32), saved_tensors_kept() if config.compile else contextlib.nullcontext():
@@ -130,23 +141,34 @@ def _run(run: Run) -> TrainResult:
     _describe(run)
     # Thread probing is for a process alone on its cores; processes sharing a node split the cores instead.
     probe = run.device.type == "cpu" and config.threads == -1 and not config.resume and not distributed.enabled
-    pacer = Pacer(config, run.schedule, state.step, run.counters["elapsed_s"],
-                  len(os.sched_getaffinity(0)) if probe else 0)
+    pacer = Pacer(
+        config, run.schedule, state.step, run.counters["elapsed_s"], len(os.sched_getaffinity(0)) if probe else 0
+    )
     rows = slice(distributed.rank * run.local_batch, (distributed.rank + 1) * run.local_batch)  # this rank's share
     batches = TokenBatches(run.train_tokens, config.batch_size, config.seq_len, config.seed)
-    period_starts = eval_windows(len(run.val_sets[run.primary]), config.seq_len,
-                                 config.eval_batches * config.batch_size * config.seq_len)
+    period_starts = eval_windows(
+        len(run.val_sets[run.primary]), config.seq_len, config.eval_batches * config.batch_size * config.seq_len
+    )
     if state.step == 0 and config.eval_every != -1:
         pacer.eval_seconds = _periodic_eval(run, state, period_starts, writer)
-    bar = progress_bar(total=run.schedule.total, initial=state.step, desc="train", unit="step",
-                       disable=not (config.progress and run.main), dynamic_ncols=True)
+    bar = progress_bar(
+        total=run.schedule.total,
+        initial=state.step,
+        desc="train",
+        unit="step",
+        disable=not (config.progress and run.main),
+        dynamic_ncols=True,
+    )
     stop = StopRequest()  # Ctrl-C: finish the step, save, stop (README: Interrupting a run)
     try:
         while True:
             # Every rank must take the same steps, or one waits forever in a collective the others never join:
             # rank 0's clock and plan decide for all.
-            go = ((run.schedule.total is None or state.step < run.schedule.total) and not pacer.out_of_time()
-                  and not stop.requested)
+            go = (
+                (run.schedule.total is None or state.step < run.schedule.total)
+                and not pacer.out_of_time()
+                and not stop.requested
+            )
             go, run.schedule.total, interrupted = distributed.broadcast((go, run.schedule.total, stop.requested))
             if not go:
                 break
@@ -155,8 +177,9 @@ def _run(run: Run) -> TrainResult:
             micro = [(x[rows].to(run.device), y[rows].to(run.device)) for x, y in micro]
             t = time.perf_counter()
             # distributed.mean: the global batch's loss, so that every rank skips or stops alike
-            loss, grad_norm = train_step(run.forward_model, run.optimizer, run.scheduler, micro, config.grad_clip,
-                                         run.autocast, distributed.mean)
+            loss, grad_norm = train_step(
+                run.forward_model, run.optimizer, run.scheduler, micro, config.grad_clip, run.autocast, distributed.mean
+            )
             dt = time.perf_counter() - t
             state.step, state.loss = state.step + 1, loss
             state.session_tokens += config.tokens_per_step
@@ -202,30 +225,51 @@ def _describe(run: Run) -> None:
     """The run's start-up lines: where it writes, the model, the data and the optimization."""
     config, model_config, model = run.config, run.model_config, run.model
     run.log(f"run folder: {run.run_dir}")
-    run.log(f"model: {model_config.preset} {config.size}: {model.num_parameters() / 1e6:.2f}M parameters "
-            f"({model.num_parameters(exclude_embeddings=True) / 1e6:.2f}M without embeddings), hidden "
-            f"{model_config.hidden_size}, {model_config.num_hidden_layers} layers, {model_config.num_heads} heads, "
-            f"chunk {model_config.chunk_size}; device {run.device}, {torch.get_num_threads()} threads")
+    run.log(
+        f"model: {model_config.preset} {config.size}: {model.num_parameters() / 1e6:.2f}M parameters "
+        f"({model.num_parameters(exclude_embeddings=True) / 1e6:.2f}M without embeddings), hidden "
+        f"{model_config.hidden_size}, {model_config.num_hidden_layers} layers, {model_config.num_heads} heads, "
+        f"chunk {model_config.chunk_size}; device {run.device}, {torch.get_num_threads()} threads"
+    )
     if run.distributed.enabled:
-        run.log(f"distributed: {run.distributed.world_size} processes ({config.parallel}), {run.local_batch} "
-                f"sequences of each batch per process")
-    run.log(f"data: {config.data} train {len(run.train_tokens):,} tokens; validation "
-            + ", ".join(f"{spec} {len(t):,}" for spec, t in run.val_sets.items())
-            + f"; tokenizer {run.tokenizer.kind}, vocab {run.tokenizer.vocab_size}")
-    run.log(f"optimization: {config.batch_size} x {config.seq_len} x {config.grad_accum} = "
-            f"{config.tokens_per_step:,} tokens/step, lr {config.lr:g} (warm-up {config.warmup_steps}, cosine to "
-            f"{config.lr * config.min_lr_ratio:g}), weight decay {config.weight_decay:g}")
+        run.log(
+            f"distributed: {run.distributed.world_size} processes ({config.parallel}), {run.local_batch} "
+            f"sequences of each batch per process"
+        )
+    run.log(
+        f"data: {config.data} train {len(run.train_tokens):,} tokens; validation "
+        + ", ".join(f"{spec} {len(t):,}" for spec, t in run.val_sets.items())
+        + f"; tokenizer {run.tokenizer.kind}, vocab {run.tokenizer.vocab_size}"
+    )
+    run.log(
+        f"optimization: {config.batch_size} x {config.seq_len} x {config.grad_accum} = "
+        f"{config.tokens_per_step:,} tokens/step, lr {config.lr:g} (warm-up {config.warmup_steps}, cosine to "
+        f"{config.lr * config.min_lr_ratio:g}), weight decay {config.weight_decay:g}"
+    )
 
 
 def _periodic_eval(run: Run, state: RunState, starts, writer) -> float:
     """Evaluates on the primary set's `starts`, logs and plots; returns the seconds the evaluation itself took."""
     t = time.perf_counter()
-    acc = evaluate(run.model, run.val_sets[run.primary], starts, run.config.seq_len, run.local_batch, run.device,
-                   run.autocast, run.distributed)
+    acc = evaluate(
+        run.model,
+        run.val_sets[run.primary],
+        starts,
+        run.config.seq_len,
+        run.local_batch,
+        run.device,
+        run.autocast,
+        run.distributed,
+    )
     seconds = time.perf_counter() - t
     if run.main:
-        run.metrics.append("eval", step=state.step, tokens=state.step * run.config.tokens_per_step,
-                           val_loss=acc.mean_nll, val_ppl=acc.perplexity)
+        run.metrics.append(
+            "eval",
+            step=state.step,
+            tokens=state.step * run.config.tokens_per_step,
+            val_loss=acc.mean_nll,
+            val_ppl=acc.perplexity,
+        )
         state.val_points.append((state.step, acc.mean_nll))
         _plot(run.run_dir, state)
         if writer:
@@ -239,8 +283,16 @@ def _log_window(run: Run, state: RunState, lr: float, elapsed: float, bar, write
     loss_sum, steps, seconds = state.window
     tok_s, mean_loss = steps * run.config.tokens_per_step / seconds, loss_sum / steps
     if run.main:
-        run.metrics.append("train", step=state.step, tokens=state.step * run.config.tokens_per_step, loss=mean_loss,
-                           lr=lr, grad_norm=state.grad_norm, tok_s=tok_s, elapsed_s=elapsed)
+        run.metrics.append(
+            "train",
+            step=state.step,
+            tokens=state.step * run.config.tokens_per_step,
+            loss=mean_loss,
+            lr=lr,
+            grad_norm=state.grad_norm,
+            tok_s=tok_s,
+            elapsed_s=elapsed,
+        )
         state.train_points.append((state.step, mean_loss))
         bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
         if writer:
@@ -253,8 +305,9 @@ def _save(run: Run, state: RunState, elapsed: float) -> None:
     """Checkpoint the weights after `state.step`: only finite ones (divergence.py)."""
     if not weights_finite(run.model, run.distributed):
         raise Diverged(unsaved_line(state.step, state.loss, run.config, state.last_good), run.main)
-    state.last_good = save_checkpoint(run.run_dir, run.model, run.optimizer, run.scheduler,
-                                      state.counters(run.config.tokens_per_step, elapsed))
+    state.last_good = save_checkpoint(
+        run.run_dir, run.model, run.optimizer, run.scheduler, state.counters(run.config.tokens_per_step, elapsed)
+    )
     state.last_saved = state.step
 
 
@@ -265,21 +318,37 @@ def _finish(run: Run, state: RunState, train_seconds: float, writer) -> TrainRes
     evals = {}
     for spec, tokens in run.val_sets.items():
         starts = eval_windows(len(tokens), config.seq_len, config.final_eval_tokens)
-        acc = evaluate(run.model, tokens, starts, config.seq_len, run.local_batch, run.device, run.autocast,
-                       run.distributed)
+        acc = evaluate(
+            run.model, tokens, starts, config.seq_len, run.local_batch, run.device, run.autocast, run.distributed
+        )
         _, labels = window_tokens(tokens, starts, config.seq_len)
         unigram_nll = -float(log_probs[labels.numpy()].sum())
-        evals[spec] = {"loss": acc.mean_nll, "ppl": acc.perplexity, "tokens": acc.num_tokens,
-                       "unigram_ppl": perplexity(unigram_nll, labels.numel())}
-        run.log(f"validation {spec} ({acc.num_tokens:,} tokens): loss {acc.mean_nll:.4f}, perplexity "
-                f"{acc.perplexity:.1f}; unigram baseline perplexity {evals[spec]['unigram_ppl']:.1f}")
+        evals[spec] = {
+            "loss": acc.mean_nll,
+            "ppl": acc.perplexity,
+            "tokens": acc.num_tokens,
+            "unigram_ppl": perplexity(unigram_nll, labels.numel()),
+        }
+        run.log(
+            f"validation {spec} ({acc.num_tokens:,} tokens): loss {acc.mean_nll:.4f}, perplexity "
+            f"{acc.perplexity:.1f}; unigram baseline perplexity {evals[spec]['unigram_ppl']:.1f}"
+        )
     text = sample(run)
     tok_s = state.session_tokens / state.session_time if state.session_time else 0.0
     primary = evals[run.primary]
     if run.main:
-        run.metrics.append("final", step=step, tokens=step * config.tokens_per_step, val_loss=primary["loss"],
-                           val_ppl=primary["ppl"], unigram_ppl=primary["unigram_ppl"], evals=evals, tok_s=tok_s,
-                           elapsed_s=train_seconds, sample=text)
+        run.metrics.append(
+            "final",
+            step=step,
+            tokens=step * config.tokens_per_step,
+            val_loss=primary["loss"],
+            val_ppl=primary["ppl"],
+            unigram_ppl=primary["unigram_ppl"],
+            evals=evals,
+            tok_s=tok_s,
+            elapsed_s=train_seconds,
+            sample=text,
+        )
         _plot(run.run_dir, state)
     if writer:
         writer.close()

@@ -18,8 +18,7 @@ def exempt_names(model: nn.Module) -> set[str]:
     """Names of the parameters not to decay: those their module marked (miras/layers/weight_decay.py), and every
     other vector (biases and scales; ndim < 2). Read from the unwrapped model before parallelize: FSDP's sharded
     parameters are new objects without the mark, but keep their names."""
-    return {name for name, p in model.named_parameters()
-            if getattr(p, NO_WEIGHT_DECAY, False) or p.ndim < 2}
+    return {name for name, p in model.named_parameters() if getattr(p, NO_WEIGHT_DECAY, False) or p.ndim < 2}
 
 
 def param_groups(model: nn.Module, weight_decay: float, exempt: set[str] | None = None) -> list[dict]:
@@ -64,7 +63,8 @@ def build_optimizer(
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR, WarmupCosine]:
     """(AdamW, its LambdaLR, the schedule) for `model`'s parameters. Fused AdamW on CUDA, the default elsewhere. Under
     FSDP pass the sharded model and the `exempt_names` of the model before sharding."""
-    optimizer = torch.optim.AdamW(param_groups(model, weight_decay, exempt), lr=lr, betas=betas,
-                                  fused=True if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, weight_decay, exempt), lr=lr, betas=betas, fused=True if device.type == "cuda" else None
+    )
     schedule = WarmupCosine(warmup, total, min_ratio)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), schedule

@@ -43,8 +43,9 @@ class Pacer:
     left as it was given.
     """
 
-    def __init__(self, config: TrainConfig, schedule: WarmupCosine, step: int, elapsed_s: float,
-                 probe_cores: int) -> None:
+    def __init__(
+        self, config: TrainConfig, schedule: WarmupCosine, step: int, elapsed_s: float, probe_cores: int
+    ) -> None:
         self.schedule, self.probe_cores = schedule, probe_cores
         if probe_cores > 1:
             torch.set_num_threads(1)

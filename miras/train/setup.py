@@ -76,8 +76,11 @@ def start_run(config: TrainConfig, distributed: Distributed, locks: contextlib.E
     checked out (bad data leaves nothing behind); the other ranks then read the tokenizer and the resolved config
     from the folder and the tokens from the cache. `locks` receives the run folder's lock (rank 0)."""
     if config.batch_size % distributed.world_size:
-        raise ConfigError("batch_size", f"the global batch of {config.batch_size} sequences does not split evenly "
-                                        f"over {distributed.world_size} processes")
+        raise ConfigError(
+            "batch_size",
+            f"the global batch of {config.batch_size} sequences does not split evenly "
+            f"over {distributed.world_size} processes",
+        )
     device, main = distributed.device, distributed.is_main
     if device.type == "cpu":  # the processes of a node share its cores
         cores = len(os.sched_getaffinity(0))
@@ -112,13 +115,35 @@ def start_run(config: TrainConfig, distributed: Distributed, locks: contextlib.E
     if config.compile:  # the memory ops run with compiled chunk steps, outside the model's graph
         use_compiled_steps(model)
     optimizer, scheduler, schedule = build_optimizer(  # after parallelize: under FSDP the parameters are the shards
-        model, lr=config.lr, weight_decay=config.weight_decay, betas=config.betas, warmup=config.warmup_steps,
-        total=None if config.max_steps == -1 else config.max_steps, min_ratio=config.min_lr_ratio, device=device,
-        exempt=exempt)
-    run = Run(config, model_config, tokenizer, train_tokens, val_sets, run_dir, model,
-              torch.compile(trained) if config.compile else trained, optimizer, scheduler, schedule, distributed,
-              _autocast(device, config.dtype), log, MetricsLog(run_dir) if main else None,
-              {"step": 0, "tokens": 0, "elapsed_s": 0.0}, [])
+        model,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        betas=config.betas,
+        warmup=config.warmup_steps,
+        total=None if config.max_steps == -1 else config.max_steps,
+        min_ratio=config.min_lr_ratio,
+        device=device,
+        exempt=exempt,
+    )
+    run = Run(
+        config,
+        model_config,
+        tokenizer,
+        train_tokens,
+        val_sets,
+        run_dir,
+        model,
+        torch.compile(trained) if config.compile else trained,
+        optimizer,
+        scheduler,
+        schedule,
+        distributed,
+        _autocast(device, config.dtype),
+        log,
+        MetricsLog(run_dir) if main else None,
+        {"step": 0, "tokens": 0, "elapsed_s": 0.0},
+        [],
+    )
     if config.resume:
         _resume(run)
     return run
@@ -143,9 +168,15 @@ def _resume(run: Run) -> None:
         # The flags a resume may change (RESUMABLE) go into config.json: it says what the run did.
         write_config(run.run_dir, config.to_dict(), run.model_config.to_dict())
         done = config.max_steps != -1 and step >= config.max_steps
-        run.log(f"resuming {run.run_dir} at step {step}" + (
-            f": max_steps={config.max_steps} is reached, so only the final evaluation runs (give a larger "
-            "--max-steps to train on)" if done else ""))
+        run.log(
+            f"resuming {run.run_dir} at step {step}"
+            + (
+                f": max_steps={config.max_steps} is reached, so only the final evaluation runs (give a larger "
+                "--max-steps to train on)"
+                if done
+                else ""
+            )
+        )
 
 
 def _prepare(config: TrainConfig, run_dir: Path | None, progress: bool) -> tuple:
@@ -176,8 +207,9 @@ def _prepare(config: TrainConfig, run_dir: Path | None, progress: bool) -> tuple
     for name, specs in (("data", {config.data: train_tokens}), ("val_data", val_sets)):
         for spec, tokens in specs.items():
             if len(tokens) < config.seq_len + 1:
-                raise ConfigError(name, f"{spec} has {len(tokens)} tokens, fewer than seq_len + 1 = "
-                                        f"{config.seq_len + 1}")
+                raise ConfigError(
+                    name, f"{spec} has {len(tokens)} tokens, fewer than seq_len + 1 = {config.seq_len + 1}"
+                )
     return config, tokenizer, model_config, train_tokens, val_sets
 
 
@@ -225,8 +257,9 @@ def sample(run: Run) -> str:
     prompt = torch.tensor([[run.tokenizer.eos_id]], device=device)
     was_training = model.training
     model.eval()
-    ids = model.generate(prompt, config.sample_tokens, temperature=SAMPLE_TEMPERATURE, top_k=SAMPLE_TOP_K,
-                         generator=generator)
+    ids = model.generate(
+        prompt, config.sample_tokens, temperature=SAMPLE_TEMPERATURE, top_k=SAMPLE_TOP_K, generator=generator
+    )
     model.train(was_training)
     return run.tokenizer.decode(ids[0, 1:].tolist())
 

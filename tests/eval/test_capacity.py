@@ -50,8 +50,16 @@ def test_reads_see_the_memory_the_writes_left():
     torch.rand(trials, n, generator=g)
     state = init_state(spec, trials, 1, 64, 64, generator=g)
     k = keys[:, :, None]
-    _, final = chunk_miras(k, k, values[:, :, None], torch.full((trials, n, 1), eta), None, spec=spec,
-                           initial_state=state, output_final_state=True)
+    _, final = chunk_miras(
+        k,
+        k,
+        values[:, :, None],
+        torch.full((trials, n, 1), eta),
+        None,
+        spec=spec,
+        initial_state=state,
+        output_final_state=True,
+    )
     asked = torch.gather(keys, 1, order[..., None].expand(-1, -1, 64))
     direct = memory_forward(spec, final.memory, asked[:, None])[:, 0]
     torch.testing.assert_close(reads, direct, atol=1e-5, rtol=1e-5)

@@ -26,8 +26,15 @@ def tiny(tmp_path_factory):
     documents = load_corpus("sotu", "validation")[:3]
     tokenizer = Tokenizer.train(documents, vocab_size=400)
     torch.manual_seed(0)
-    config = ModelConfig(preset="moneta", vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
-                         num_heads=2, chunk_size=16, gate_rank=4)
+    config = ModelConfig(
+        preset="moneta",
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_heads=2,
+        chunk_size=16,
+        gate_rank=4,
+    )
     model = MirasLM(config)
     run = root / "run"
     run.mkdir()
@@ -42,8 +49,24 @@ def tiny(tmp_path_factory):
 
 def test_ppl_end_to_end(tiny, tmp_path, capsys):
     out = tmp_path / "out"
-    args = ["eval", "ppl", "--checkpoint", str(tiny.run), "--data", str(tiny.text), "--context-len", "32",
-            "--stride", "16", "--max-tokens", "200", "--cache-dir", str(tiny.cache), "--out", str(out)]
+    args = [
+        "eval",
+        "ppl",
+        "--checkpoint",
+        str(tiny.run),
+        "--data",
+        str(tiny.text),
+        "--context-len",
+        "32",
+        "--stride",
+        "16",
+        "--max-tokens",
+        "200",
+        "--cache-dir",
+        str(tiny.cache),
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     record = json.loads((out / "ppl-ctx32-stride16.json").read_text())
     assert (out / "ppl-ctx32-stride16.png").stat().st_size > 0
@@ -64,8 +87,18 @@ def test_ppl_end_to_end(tiny, tmp_path, capsys):
 
 def test_ppl_defaults_to_the_training_length_and_the_run_folder(tiny, capsys):
     checkpoint = tiny.run / "checkpoint-0000000"  # a checkpoint folder works as well as its run folder
-    args = ["eval", "ppl", "--checkpoint", str(checkpoint), "--data", str(tiny.text), "--max-tokens", "64",
-            "--cache-dir", str(tiny.cache)]
+    args = [
+        "eval",
+        "ppl",
+        "--checkpoint",
+        str(checkpoint),
+        "--data",
+        str(tiny.text),
+        "--max-tokens",
+        "64",
+        "--cache-dir",
+        str(tiny.cache),
+    ]
     assert main(args) == 0
     record = json.loads((tiny.run / "eval" / "ppl-ctx32-stride32.json").read_text())
     assert record["checkpoint"] == str(checkpoint) and record["results"][str(tiny.text)]["num_windows"] == 2
@@ -94,9 +127,28 @@ def test_ppl_user_errors(tiny, tmp_path, capsys, flags, message):
 
 def test_recall_niah_end_to_end(tiny, tmp_path, capsys):
     out = tmp_path / "out"
-    args = ["recall", "niah", "--checkpoint", str(tiny.run), "--lengths", "256", "--depths", "0", "1",
-            "--variants", "passkey", "number", "--samples", "1", "--haystack", str(tiny.text),
-            "--max-new-tokens", "4", "--out", str(out)]
+    args = [
+        "recall",
+        "niah",
+        "--checkpoint",
+        str(tiny.run),
+        "--lengths",
+        "256",
+        "--depths",
+        "0",
+        "1",
+        "--variants",
+        "passkey",
+        "number",
+        "--samples",
+        "1",
+        "--haystack",
+        str(tiny.text),
+        "--max-new-tokens",
+        "4",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     record = json.loads((out / "niah.json").read_text())
     assert record["variants"] == ["passkey", "number"] and len(record["cells"]) == 4
@@ -125,8 +177,10 @@ def test_recall_niah_user_errors(tiny, tmp_path, capsys, flags, message):
 
 
 def test_flag_choices_are_checked_by_the_parser(tiny, capsys):
-    for args in (["recall", "niah", "--checkpoint", str(tiny.run), "--variants", "needle"],
-                 ["eval", "ppl", "--checkpoint", str(tiny.run), "--device", "tpu"]):
+    for args in (
+        ["recall", "niah", "--checkpoint", str(tiny.run), "--variants", "needle"],
+        ["eval", "ppl", "--checkpoint", str(tiny.run), "--device", "tpu"],
+    ):
         with pytest.raises(SystemExit) as exit_info:
             main(args)
         assert exit_info.value.code == 2

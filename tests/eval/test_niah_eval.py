@@ -50,9 +50,16 @@ class Oracle(nn.Module):
 
 def test_oracle_scores_every_cell_perfectly(tokenizer, documents):
     oracle = Oracle(tokenizer).train()
-    result = evaluate_niah(oracle, tokenizer, lengths=[256, 320], depths=[0.0, 0.5, 1.0],
-                           variants=("passkey", "number", "uuid"), samples_per_cell=2, haystack=documents,
-                           batch_size=4)
+    result = evaluate_niah(
+        oracle,
+        tokenizer,
+        lengths=[256, 320],
+        depths=[0.0, 0.5, 1.0],
+        variants=("passkey", "number", "uuid"),
+        samples_per_cell=2,
+        haystack=documents,
+        batch_size=4,
+    )
     assert oracle.training  # evaluation switches to eval mode and back
     assert result.accuracy == 1.0 and result.by_variant == {"passkey": 1.0, "number": 1.0, "uuid": 1.0}
     assert [(c.variant, c.length, c.depth) for c in result.cells] == [
@@ -60,8 +67,11 @@ def test_oracle_scores_every_cell_perfectly(tokenizer, documents):
     ]
     assert all(c.accuracy == 1.0 and c.num_samples == 2 for c in result.cells)
     for cell in result.cells:  # the achieved depths of the cell's samples, averaged
-        depths = [s.needle_depth for s in result.samples
-                  if (s.variant, s.length, s.depth) == (cell.variant, cell.length, cell.depth)]
+        depths = [
+            s.needle_depth
+            for s in result.samples
+            if (s.variant, s.length, s.depth) == (cell.variant, cell.length, cell.depth)
+        ]
         assert cell.mean_needle_depth == pytest.approx(sum(depths) / len(depths))
     assert len(result.samples) == 36 and all(s.correct for s in result.samples)
     assert result.grid("uuid") == {(length, d): 1.0 for length in (256, 320) for d in (0.0, 0.5, 1.0)}
@@ -72,8 +82,15 @@ def test_oracle_scores_every_cell_perfectly(tokenizer, documents):
 
 
 def test_accuracy_per_length(tokenizer, documents):
-    result = evaluate_niah(Oracle(tokenizer, max_len=300), tokenizer, lengths=[256, 384], depths=[0.25, 0.75],
-                           variants=["number"], samples_per_cell=3, haystack=documents)
+    result = evaluate_niah(
+        Oracle(tokenizer, max_len=300),
+        tokenizer,
+        lengths=[256, 384],
+        depths=[0.25, 0.75],
+        variants=["number"],
+        samples_per_cell=3,
+        haystack=documents,
+    )
     assert result.grid("number") == {(256, 0.25): 1.0, (256, 0.75): 1.0, (384, 0.25): 0.0, (384, 0.75): 0.0}
     assert result.accuracy == 0.5 and result.by_variant == {"number": 0.5}
     assert all(s.generated.startswith(" unknown") for s in result.samples if s.length == 384)
@@ -82,8 +99,14 @@ def test_accuracy_per_length(tokenizer, documents):
 
 
 def test_text_after_eos_does_not_count(tokenizer):
-    result = evaluate_niah(Oracle(tokenizer, prefix=(tokenizer.eos_id,)), tokenizer, lengths=[256], depths=[0.5],
-                           variants=["passkey"], samples_per_cell=2)
+    result = evaluate_niah(
+        Oracle(tokenizer, prefix=(tokenizer.eos_id,)),
+        tokenizer,
+        lengths=[256],
+        depths=[0.5],
+        variants=["passkey"],
+        samples_per_cell=2,
+    )
     assert result.accuracy == 0.0 and {s.generated for s in result.samples} == {""}
 
 
@@ -99,10 +122,25 @@ def test_answer_must_come_within_the_token_budget(tokenizer):
 
 def test_real_model_greedy_decoding_is_deterministic_and_batch_independent(tokenizer, documents):
     torch.manual_seed(0)
-    model = MirasLM(ModelConfig(preset="moneta", vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
-                                num_heads=2, chunk_size=16, gate_rank=4))
-    kwargs = dict(lengths=[256], depths=[0.0, 1.0], variants=["passkey", "number"], samples_per_cell=2,
-                  haystack=documents, max_new_tokens=6)
+    model = MirasLM(
+        ModelConfig(
+            preset="moneta",
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_heads=2,
+            chunk_size=16,
+            gate_rank=4,
+        )
+    )
+    kwargs = dict(
+        lengths=[256],
+        depths=[0.0, 1.0],
+        variants=["passkey", "number"],
+        samples_per_cell=2,
+        haystack=documents,
+        max_new_tokens=6,
+    )
     batched = evaluate_niah(model, tokenizer, batch_size=4, **kwargs)
     single = evaluate_niah(model, tokenizer, batch_size=1, **kwargs)
     assert batched == single
@@ -114,12 +152,19 @@ def test_real_model_greedy_decoding_is_deterministic_and_batch_independent(token
 def test_haystack_from_a_file(tokenizer, documents, tmp_path):
     path = tmp_path / "hay.txt"
     path.write_text(documents[0], encoding="utf-8")
-    result = evaluate_niah(Oracle(tokenizer), tokenizer, lengths=[256], depths=[0.5], variants=["uuid"],
-                           samples_per_cell=1, haystack=path)
+    result = evaluate_niah(
+        Oracle(tokenizer), tokenizer, lengths=[256], depths=[0.5], variants=["uuid"], samples_per_cell=1, haystack=path
+    )
     assert result.accuracy == 1.0 and result.haystack == str(path)
     with pytest.raises(DataError, match="missing.txt: no such file"):
-        evaluate_niah(Oracle(tokenizer), tokenizer, lengths=[256], depths=[0.5], variants=["uuid"],
-                      haystack=tmp_path / "missing.txt")
+        evaluate_niah(
+            Oracle(tokenizer),
+            tokenizer,
+            lengths=[256],
+            depths=[0.5],
+            variants=["uuid"],
+            haystack=tmp_path / "missing.txt",
+        )
 
 
 @pytest.mark.parametrize(

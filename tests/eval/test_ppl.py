@@ -131,8 +131,9 @@ def test_bytes_of_token_input_skip_eos_and_decode_whole_characters():
 
 def _tiny_lm() -> MirasLM:
     torch.manual_seed(0)
-    config = ModelConfig(preset="moneta", vocab_size=257, hidden_size=16, num_hidden_layers=1, num_heads=2,
-                         chunk_size=8, gate_rank=4)
+    config = ModelConfig(
+        preset="moneta", vocab_size=257, hidden_size=16, num_hidden_layers=1, num_heads=2, chunk_size=8, gate_rank=4
+    )
     return MirasLM(config)
 
 

@@ -168,7 +168,7 @@ def test_niah_sample(tokenizer_cls, variant, context_len, depth):
     needle = f"One of the special magic {noun}s for {sample.key} is"
     assert text.count(sample.answer) == 1 and text.count(needle) == 1
     assert text.endswith(f"The special magic {noun} for {sample.key} mentioned in the provided text is")
-    assert tok.decode(prompt[sample.needle_pos:]).startswith(" " + needle)
+    assert tok.decode(prompt[sample.needle_pos :]).startswith(" " + needle)
     assert tok.decode(sample.answer_ids) == " " + sample.answer
     if noun == "uuid":
         assert uuid.UUID(sample.answer).version == 4
@@ -177,8 +177,11 @@ def test_niah_sample(tokenizer_cls, variant, context_len, depth):
 
     # Depth: the needle sits at the sentence boundary nearest the requested fraction of the haystack.
     header_len = len(tok.encode(text[: text.index("\n") + 1]))
-    haystack_len = context_len - header_len - len(tok.encode(f" {needle}: {sample.answer}.")) - len(
-        tok.encode(text[text.rindex("\n"):])
+    haystack_len = (
+        context_len
+        - header_len
+        - len(tok.encode(f" {needle}: {sample.answer}."))
+        - len(tok.encode(text[text.rindex("\n") :]))
     )
     assert sample.needle_pos - header_len == round(sample.needle_depth * haystack_len)
     longest_sentence = max(len(tok.encode(" " + s)) for s in re.split(r"(?<=[.!?])\s+", " ".join(DOCUMENTS)))

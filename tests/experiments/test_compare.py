@@ -38,10 +38,26 @@ def data(tmp_path_factory):
 def micro(data, tmp_path, **changes) -> CompareConfig:
     """A microscopic budget: a few steps of a few short sequences, tiny MQAR and NIAH, one thread."""
     fields = dict(
-        steps=2, batch_size=2, seq_len=32, data=str(data), val_data=(str(data),), vocab_size=300, eval_tokens=128,
-        mqar_steps=2, mqar_seq_len=16, mqar_kv_pairs=2, mqar_batch_size=4, mqar_vocab_size=32,
-        niah_lengths=(400,), niah_depths=(0.5,), niah_variants=("passkey",), niah_samples=1,
-        device="cpu", threads=1, progress=False, cache_dir=str(tmp_path / "cache"),
+        steps=2,
+        batch_size=2,
+        seq_len=32,
+        data=str(data),
+        val_data=(str(data),),
+        vocab_size=300,
+        eval_tokens=128,
+        mqar_steps=2,
+        mqar_seq_len=16,
+        mqar_kv_pairs=2,
+        mqar_batch_size=4,
+        mqar_vocab_size=32,
+        niah_lengths=(400,),
+        niah_depths=(0.5,),
+        niah_variants=("passkey",),
+        niah_samples=1,
+        device="cpu",
+        threads=1,
+        progress=False,
+        cache_dir=str(tmp_path / "cache"),
     )
     return CompareConfig(**{**fields, **changes})
 
@@ -97,12 +113,29 @@ def test_a_candidate_trains_exactly_like_miras_train(data, tmp_path):
     very run `miras train --preset transformer` makes."""
     config = micro(data, tmp_path, steps=3, match_params=False, mqar_steps=0, niah_samples=0)
     [row] = compare(candidates_for(["transformer"]), config, tmp_path / "cmp", log=quiet)
-    fresh = train(TrainConfig(
-        preset="transformer", size="tiny", data=str(data), val_data=(str(data),), vocab_size=300, seq_len=32,
-        batch_size=2, lr=config.lr, warmup_steps=config.warmup_steps, max_steps=3, max_minutes=-1, eval_every=-1,
-        final_eval_tokens=128, sample_tokens=0, seed=0, threads=1, progress=False,
-        cache_dir=str(tmp_path / "cache"), out_dir=str(tmp_path / "fresh"),
-    ))
+    fresh = train(
+        TrainConfig(
+            preset="transformer",
+            size="tiny",
+            data=str(data),
+            val_data=(str(data),),
+            vocab_size=300,
+            seq_len=32,
+            batch_size=2,
+            lr=config.lr,
+            warmup_steps=config.warmup_steps,
+            max_steps=3,
+            max_minutes=-1,
+            eval_every=-1,
+            final_eval_tokens=128,
+            sample_tokens=0,
+            seed=0,
+            threads=1,
+            progress=False,
+            cache_dir=str(tmp_path / "cache"),
+            out_dir=str(tmp_path / "fresh"),
+        )
+    )
     assert row["lm"]["ppl"][str(data)]["ppl"] == fresh.val_ppl
     fresh_losses = [[r["step"], r["loss"]] for r in MetricsLog(fresh.run_dir).read() if r["event"] == "train"]
     assert row["lm"]["train_loss"] == fresh_losses
@@ -204,8 +237,9 @@ def test_every_yaad_variant_builds_and_runs():
     variants = ablation_candidates("yaad")
     assert [c.name for c in variants] == [name for name, *_ in YAAD_VARIANTS]
     for c in variants:
-        config = ModelConfig.from_size("tiny", preset=c.preset, spec=c.spec, vocab_size=64, hidden_size=32,
-                                       chunk_size=8, **c.overrides)
+        config = ModelConfig.from_size(
+            "tiny", preset=c.preset, spec=c.spec, vocab_size=64, hidden_size=32, chunk_size=8, **c.overrides
+        )
         torch.manual_seed(0)
         logits = MirasLM(config)(torch.randint(0, 64, (1, 12))).logits
         assert torch.isfinite(logits).all(), c.name
@@ -227,9 +261,29 @@ def test_ablate_moneta_p_end_to_end(data, tmp_path, monkeypatch):
 
 
 def test_cli_compare_and_ablate(data, tmp_path, capsys):
-    flags = ["--steps", "2", "--batch-size", "2", "--seq-len", "32", "--data", str(data), "--val-data", str(data),
-             "--vocab-size", "300", "--eval-tokens", "128", "--device", "cpu", "--threads", "1", "--no-progress",
-             "--cache-dir", str(tmp_path / "cache")]
+    flags = [
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "32",
+        "--data",
+        str(data),
+        "--val-data",
+        str(data),
+        "--vocab-size",
+        "300",
+        "--eval-tokens",
+        "128",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     out = tmp_path / "q"
     assert main(["ablate", "moneta-q", "--values", "4", "--out", str(out), *flags]) == 0
     printed = capsys.readouterr().out

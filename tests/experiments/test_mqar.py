@@ -23,8 +23,9 @@ def test_attention_solves_easy_mqar():
 
     Chance over the in-context values is 1/2, so 0.9 needs real recall; seeds 0-3 reach 0.94-0.97."""
     config = mqar_model_config("transformer", 64, vocab_size=64, seq_len=16)
-    result = train_mqar(config, seq_len=16, num_kv_pairs=2, steps=400, batch_size=32, lr=1e-3, seed=0,
-                        test_examples=500)
+    result = train_mqar(
+        config, seq_len=16, num_kv_pairs=2, steps=400, batch_size=32, lr=1e-3, seed=0, test_examples=500
+    )
     assert result.accuracy >= 0.9, result
     assert result.test_loss < 0.6
     assert result.model == "transformer" and result.width == 64 and result.steps == 400
@@ -34,8 +35,9 @@ def test_attention_solves_easy_mqar():
 def test_attention_solves_mqar_with_four_pairs():
     """The same model on 4 pairs in 32 tokens, zoology's smallest kind of setting: ~30 s."""
     config = mqar_model_config("transformer", 64, vocab_size=64, seq_len=32)
-    result = train_mqar(config, seq_len=32, num_kv_pairs=4, steps=600, batch_size=64, lr=1e-3, seed=0,
-                        test_examples=500)
+    result = train_mqar(
+        config, seq_len=32, num_kv_pairs=4, steps=600, batch_size=64, lr=1e-3, seed=0, test_examples=500
+    )
     assert result.accuracy >= 0.9, result
 
 
@@ -60,11 +62,26 @@ def test_train_mqar_rejects_bad_arguments():
 
 
 def tiny_sweep(**changes):
-    kwargs = dict(models=["transformer", "gated_deltanet"], seq_lens=[16, 8], kv_pairs=[2, 4], widths=[16], lrs=[1e-3],
-                  steps=2, batch_size=4, vocab_size=32, test_examples=8)
+    kwargs = dict(
+        models=["transformer", "gated_deltanet"],
+        seq_lens=[16, 8],
+        kv_pairs=[2, 4],
+        widths=[16],
+        lrs=[1e-3],
+        steps=2,
+        batch_size=4,
+        vocab_size=32,
+        test_examples=8,
+    )
     kwargs.update(changes)
-    return make_sweep(kwargs.pop("models"), kwargs.pop("seq_lens"), kwargs.pop("kv_pairs"), kwargs.pop("widths"),
-                      kwargs.pop("lrs"), **kwargs)
+    return make_sweep(
+        kwargs.pop("models"),
+        kwargs.pop("seq_lens"),
+        kwargs.pop("kv_pairs"),
+        kwargs.pop("widths"),
+        kwargs.pop("lrs"),
+        **kwargs,
+    )
 
 
 def test_sweep_skips_impossible_settings_writes_report_and_resumes(tmp_path):
@@ -139,9 +156,32 @@ def test_make_sweep_names_the_bad_argument(changes, field, message):
 
 def test_cli_runs_a_sweep_and_reports_bad_flags(tmp_path, capsys):
     out = tmp_path / "mqar"
-    code = main(["recall", "mqar", "--models", "transformer", "--seq-lens", "16", "--kv-pairs", "2", "--widths", "16",
-                 "--steps", "2", "--batch-size", "4", "--vocab-size", "32", "--test-examples", "8", "--device", "cpu",
-                 "--out", str(out)])
+    code = main(
+        [
+            "recall",
+            "mqar",
+            "--models",
+            "transformer",
+            "--seq-lens",
+            "16",
+            "--kv-pairs",
+            "2",
+            "--widths",
+            "16",
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--vocab-size",
+            "32",
+            "--test-examples",
+            "8",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     assert (out / "mqar.md").is_file() and (out / "mqar.json").is_file() and (out / "mqar-T16-kv2.png").is_file()
     assert "| 16 | 2 | transformer |" in capsys.readouterr().out

@@ -67,7 +67,8 @@ def test_a_converted_folder_loads_with_trust_remote_code_and_no_import_of_miras(
     installed package's classes."""
     hf_dir = run_to_hf(run, tmp_path / "hf")
     assert json.loads((hf_dir / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"] == (
-        "modeling_miras.MirasForCausalLM")
+        "modeling_miras.MirasForCausalLM"
+    )
     ids = [tokenizer.encode(TEXTS[0])]
     code = (
         "import json, sys, torch; from transformers import AutoModelForCausalLM; "

@@ -149,11 +149,14 @@ def test_other_caches_and_padding_are_refused_clearly():
         model(PROMPT[0])
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"output_hidden_states": True}, "output_hidden_states is not supported"),
-    ({"output_attentions": True}, "output_attentions is not supported"),
-    ({"inputs_embeds": torch.zeros(2, 7, 32)}, "inputs_embeds is not supported"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"output_hidden_states": True}, "output_hidden_states is not supported"),
+        ({"output_attentions": True}, "output_attentions is not supported"),
+        ({"inputs_embeds": torch.zeros(2, 7, 32)}, "inputs_embeds is not supported"),
+    ],
+)
 def test_unsupported_forward_arguments_are_named(kwargs, message):
     model, _ = hf_pair()
     for module in (model, model.model):
@@ -225,7 +228,11 @@ def test_loading_with_overrides_resolves_again(tmp_path):
     yaad = AutoConfig.from_pretrained(tmp_path, preset="yaad")
     assert yaad.spec == presets.yaad().to_dict()
     wide = AutoConfig.from_pretrained(tmp_path, hidden_size=64, num_attention_heads=4)
-    assert (wide.num_heads, wide.head_dim, wide.intermediate_size) == (4, 16, MirasConfig(hidden_size=64).intermediate_size)
+    assert (wide.num_heads, wide.head_dim, wide.intermediate_size) == (
+        4,
+        16,
+        MirasConfig(hidden_size=64).intermediate_size,
+    )
     assert AutoConfig.from_pretrained(tmp_path, hidden_size=64, head_dim=8).head_dim == 8
     assert AutoConfig.from_pretrained(tmp_path, eos_token_id=3).spec["retention"] == "lq"
     with pytest.raises(ValueError, match="ModelConfig.num_heads=0"):

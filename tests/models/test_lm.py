@@ -20,7 +20,13 @@ T = 11
 
 def _config(preset: str = "moneta", **overrides) -> ModelConfig:
     fields = dict(
-        preset=preset, vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_heads=2, chunk_size=4, gate_rank=4,
+        preset=preset,
+        vocab_size=VOCAB,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_heads=2,
+        chunk_size=4,
+        gate_rank=4,
         attention_window=3,
     )
     return ModelConfig(**{**fields, **overrides})
@@ -155,15 +161,19 @@ def test_gates_are_saved_fields_so_retnet_and_mamba2_differ():
     # The gates are set by the fields, not by the preset's name: moneta's name with RetNet's spec and gates is RetNet.
     as_retnet = ModelConfig(preset="moneta", spec=presets.retnet(), eta_gate="fixed", alpha_gate="constant")
     assert {k: v for k, v in as_retnet.to_dict().items() if k != "preset"} == {
-        k: v for k, v in retnet.items() if k != "preset"}
+        k: v for k, v in retnet.items() if k != "preset"
+    }
     assert ModelConfig(preset="transformer").to_dict()["eta_gate"] is None
 
 
 @pytest.mark.parametrize("preset", ["retnet", "mamba2", "linear_attention", "moneta"])
 def test_a_config_saved_before_the_gate_fields_loads_with_the_gates_it_had(preset):
     """A run folder's config.json from before eta_gate / alpha_gate: the preset implied the gates."""
-    old = {k: v for k, v in ModelConfig.from_size("tiny", preset=preset).to_dict().items()
-           if k not in ("eta_gate", "alpha_gate")}
+    old = {
+        k: v
+        for k, v in ModelConfig.from_size("tiny", preset=preset).to_dict().items()
+        if k not in ("eta_gate", "alpha_gate")
+    }
     loaded = ModelConfig.from_dict(json.loads(json.dumps(old)))
     assert loaded.to_dict() == ModelConfig.from_size("tiny", preset=preset).to_dict()
     layer = MirasLM(loaded).layers[0].mixer

@@ -13,7 +13,7 @@ def make_inputs(spec: MemorySpec, B=2, T=7, H=2, K=4, V=4, dtype=torch.float64, 
     g = torch.Generator().manual_seed(seed)
 
     def rand(*shape, low=0.0, high=1.0):
-        return (torch.rand(*shape, generator=g, dtype=dtype) * (high - low) + low)
+        return torch.rand(*shape, generator=g, dtype=dtype) * (high - low) + low
 
     q = torch.nn.functional.normalize(torch.randn(B, T, H, K, generator=g, dtype=dtype), dim=-1)
     k = torch.nn.functional.normalize(torch.randn(B, T, H, K, generator=g, dtype=dtype), dim=-1)

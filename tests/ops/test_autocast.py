@@ -26,8 +26,19 @@ def _bf16_autocast():
 def _run(op, spec, autocast: bool) -> list[torch.Tensor]:
     q, k, v, gates, state, leaves = make_inputs(spec, T=T, dtype=torch.float32, requires_grad=True)
     with _bf16_autocast() if autocast else torch.autocast("cpu", enabled=False):
-        o, final = op(q, k, v, gates["eta"], gates["alpha"], spec=spec, chunk_size=CHUNK, momentum=gates["momentum"],
-                      delta=gates["delta"], initial_state=state, output_final_state=True)
+        o, final = op(
+            q,
+            k,
+            v,
+            gates["eta"],
+            gates["alpha"],
+            spec=spec,
+            chunk_size=CHUNK,
+            momentum=gates["momentum"],
+            delta=gates["delta"],
+            initial_state=state,
+            output_final_state=True,
+        )
     # The backward outside the region, as torch advises and `miras train` does: inside it, autocast would recast the
     # backward's matmuls whatever the forward ran in.
     grads = torch.autograd.grad(o.square().sum(), leaves)

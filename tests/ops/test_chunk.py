@@ -19,10 +19,16 @@ def _random_specs(count: int, seed: int = 42) -> list[MemorySpec]:
     specs = []
     while len(specs) < count:
         fields = dict(
-            memory=rng.choice(MEMORIES), bias=rng.choice(BIASES), retention=rng.choice(RETENTIONS),
-            algorithm=rng.choice(ALGORITHMS), mlp_depth=rng.choice([1, 2, 3]),
-            mlp_activation=rng.choice(["gelu", "silu", "tanh"]), mlp_norm=rng.choice(["layernorm", "none"]),
-            p=rng.choice([1.5, 2.0, 3.0, 4.0]), q=rng.choice([2.0, 3.0, 4.0]), lq_map=rng.choice(["literal", "mirror"]),
+            memory=rng.choice(MEMORIES),
+            bias=rng.choice(BIASES),
+            retention=rng.choice(RETENTIONS),
+            algorithm=rng.choice(ALGORITHMS),
+            mlp_depth=rng.choice([1, 2, 3]),
+            mlp_activation=rng.choice(["gelu", "silu", "tanh"]),
+            mlp_norm=rng.choice(["layernorm", "none"]),
+            p=rng.choice([1.5, 2.0, 3.0, 4.0]),
+            q=rng.choice([2.0, 3.0, 4.0]),
+            lq_map=rng.choice(["literal", "mirror"]),
             sign_sharpness=rng.choice([0.0, 10.0]),
         )
         if fields["retention"] in ("none", "decay"):
@@ -35,8 +41,17 @@ def _random_specs(count: int, seed: int = 42) -> list[MemorySpec]:
 
 def _run(fn, spec, q, k, v, gates, state, chunk_size):
     return fn(
-        q, k, v, gates["eta"], gates["alpha"], spec=spec, chunk_size=chunk_size, momentum=gates["momentum"],
-        delta=gates["delta"], initial_state=state, output_final_state=True,
+        q,
+        k,
+        v,
+        gates["eta"],
+        gates["alpha"],
+        spec=spec,
+        chunk_size=chunk_size,
+        momentum=gates["momentum"],
+        delta=gates["delta"],
+        initial_state=state,
+        output_final_state=True,
     )
 
 
@@ -74,7 +89,9 @@ def test_chunk_presets(preset, T, chunk_size):
     assert_equivalent(presets.get(preset), T, chunk_size)
 
 
-@pytest.mark.parametrize("index, spec", list(enumerate(_random_specs(24))), ids=lambda x: str(x) if isinstance(x, int) else "")
+@pytest.mark.parametrize(
+    "index, spec", list(enumerate(_random_specs(24))), ids=lambda x: str(x) if isinstance(x, int) else ""
+)
 @pytest.mark.parametrize("T, chunk_size", [(7, 1), (63, 8), (100, 16)])
 def test_chunk_random_specs(index, spec, T, chunk_size):
     assert_equivalent(spec, T, chunk_size, seed=index)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from miras import presets
 import miras.ops.chunk as chunk_op
+from miras import presets
 from miras.ops import MirasState, chunk_miras
 from tests.ops.inputs import make_inputs
 
@@ -26,15 +26,26 @@ def _run(spec, compile_steps: bool, dtype: torch.dtype) -> list:
 
     q, k, v = leaf(q), leaf(k), leaf(v)
     gates = {name: leaf(g) for name, g in gates.items()}
-    state = MirasState(tuple(map(leaf, state.memory)), None if state.momentum is None else tuple(map(leaf, state.momentum)))
+    state = MirasState(
+        tuple(map(leaf, state.memory)), None if state.momentum is None else tuple(map(leaf, state.momentum))
+    )
     leaves = [x for x in (q, k, v, *gates.values(), *state.memory, *(state.momentum or ())) if x is not None]
 
     def call(window: slice, initial_state, **kwargs):
-        return chunk_miras(q[:, window], k[:, window], v[:, window], gates["eta"][:, window],
-                           None if gates["alpha"] is None else gates["alpha"][:, window], spec=spec, chunk_size=CHUNK,
-                           momentum=None if gates["momentum"] is None else gates["momentum"][:, window],
-                           delta=None if gates["delta"] is None else gates["delta"][:, window],
-                           initial_state=initial_state, output_final_state=True, **kwargs)
+        return chunk_miras(
+            q[:, window],
+            k[:, window],
+            v[:, window],
+            gates["eta"][:, window],
+            None if gates["alpha"] is None else gates["alpha"][:, window],
+            spec=spec,
+            chunk_size=CHUNK,
+            momentum=None if gates["momentum"] is None else gates["momentum"][:, window],
+            delta=None if gates["delta"] is None else gates["delta"][:, window],
+            initial_state=initial_state,
+            output_final_state=True,
+            **kwargs,
+        )
 
     _, mid = call(slice(0, FIRST), state)
     assert mid.offset == FIRST
@@ -46,8 +57,15 @@ def _run(spec, compile_steps: bool, dtype: torch.dtype) -> list:
 
 
 @pytest.mark.parametrize("run", [2, 1])
-@pytest.mark.parametrize("preset", ["moneta", pytest.param("titans", marks=pytest.mark.slow),
-                                    pytest.param("yaad", marks=pytest.mark.slow), pytest.param("memora", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "preset",
+    [
+        "moneta",
+        pytest.param("titans", marks=pytest.mark.slow),
+        pytest.param("yaad", marks=pytest.mark.slow),
+        pytest.param("memora", marks=pytest.mark.slow),
+    ],
+)
 def test_compiled_steps_are_the_eager_op(preset, run, monkeypatch):
     """In float32 against the float64 eager op: the compiled steps are as accurate as the eager ones (inductor
     reorders sums, so not bit-equal; measured 4e-6 to 8e-5 relative for both)."""
@@ -58,6 +76,9 @@ def test_compiled_steps_are_the_eager_op(preset, run, monkeypatch):
     for compiled in (False, True):
         got = _run(spec, compiled, torch.float32)
         assert [x is None for x in got] == [y is None for y in exact]
-        errors[compiled] = max(float((x.detach().double() - y.detach()).abs().max() / y.detach().abs().max().clamp_min(1e-12))
-                               for x, y in zip(got, exact) if y is not None)
+        errors[compiled] = max(
+            float((x.detach().double() - y.detach()).abs().max() / y.detach().abs().max().clamp_min(1e-12))
+            for x, y in zip(got, exact)
+            if y is not None
+        )
     assert errors[False] < 1e-4 and errors[True] <= 4 * errors[False] + 2e-5, errors

@@ -33,8 +33,10 @@ def test_a_saved_tensor_and_its_view_survive_the_compiled_backward():
     generator = torch.Generator().manual_seed(0)
     inputs = [torch.randn(*shape, generator=generator, dtype=torch.float64) for shape in ((1, 8), (9, 4), (4, 4))]
     grads = {}
-    for label, fn in (("eager", _saved_tensor_and_its_view),
-                      ("compiled", compile_keeping_saved_tensors(_saved_tensor_and_its_view, dynamic=False))):
+    for label, fn in (
+        ("eager", _saved_tensor_and_its_view),
+        ("compiled", compile_keeping_saved_tensors(_saved_tensor_and_its_view, dynamic=False)),
+    ):
         leaves = [x.clone().requires_grad_() for x in inputs]
         grads[label] = torch.autograd.grad(fn(*leaves), leaves)
     assert max(_relative_errors(grads["compiled"], grads["eager"])) < 1e-10
@@ -50,7 +52,9 @@ def test_compiled_op_equals_eager(preset):
     tensors = {"q": q, "k": k, "v": v, **{name: g for name, g in gates.items() if g is not None}}
 
     def op(q, k, v, eta, alpha=None, momentum=None, delta=None, memory=None):
-        return chunk_miras(q, k, v, eta, alpha, spec=spec, chunk_size=8, momentum=momentum, delta=delta, initial_state=memory)[0]
+        return chunk_miras(
+            q, k, v, eta, alpha, spec=spec, chunk_size=8, momentum=momentum, delta=delta, initial_state=memory
+        )[0]
 
     results = []
     for fn in (op, compile_keeping_saved_tensors(op, fullgraph=True, dynamic=False)):

@@ -109,7 +109,15 @@ def test_decode_continues_a_chunked_prefix(prefix):
     outs = [o_prefix]
     for t in range(prefix, T):
         o_t, s = recurrent_step(
-            spec, s, q[:, t], k[:, t], v[:, t], gates["eta"][:, t], gates["alpha"][:, t], None, None,
+            spec,
+            s,
+            q[:, t],
+            k[:, t],
+            v[:, t],
+            gates["eta"][:, t],
+            gates["alpha"][:, t],
+            None,
+            None,
             chunk_size,
         )
         outs.append(o_t.unsqueeze(1))

@@ -22,9 +22,18 @@ from tests.ops.inputs import make_inputs
         ({"mlp_norm": "rms"}, "MemorySpec.mlp_norm"),
         ({"gradient_at": "before"}, "MemorySpec.gradient_at"),
         ({"lq_map": "dual"}, "MemorySpec.lq_map"),
-        ({"gradients": "per_step"}, "MemorySpec.gradients='per_step' is not allowed; choose one of 'per_chunk', 'per_token'"),
-        ({"gradients": "per_token"}, "MemorySpec.gradients='per_token' has no exact chunk-parallel form with memory='mlp'"),
-        ({"memory": "linear", "bias": "huber", "gradients": "per_token"}, "exact chunk-parallel form with bias='huber'"),
+        (
+            {"gradients": "per_step"},
+            "MemorySpec.gradients='per_step' is not allowed; choose one of 'per_chunk', 'per_token'",
+        ),
+        (
+            {"gradients": "per_token"},
+            "MemorySpec.gradients='per_token' has no exact chunk-parallel form with memory='mlp'",
+        ),
+        (
+            {"memory": "linear", "bias": "huber", "gradients": "per_token"},
+            "exact chunk-parallel form with bias='huber'",
+        ),
         ({"memory": "linear", "retention": "lq", "gradients": "per_token"}, "with retention='lq'; it is supported for"),
         ({"memory": "linear", "algorithm": "momentum", "gradients": "per_token"}, "with algorithm='momentum'"),
         ({"mlp_depth": 0}, "MemorySpec.mlp_depth=0 must be >= 1"),
@@ -66,8 +75,16 @@ def test_unknown_preset():
 
 def _call(fn, spec, q, k, v, gates, state=None, chunk_size=8):
     return fn(
-        q, k, v, gates["eta"], gates["alpha"], spec=spec, chunk_size=chunk_size, momentum=gates["momentum"],
-        delta=gates["delta"], initial_state=state,
+        q,
+        k,
+        v,
+        gates["eta"],
+        gates["alpha"],
+        spec=spec,
+        chunk_size=chunk_size,
+        momentum=gates["momentum"],
+        delta=gates["delta"],
+        initial_state=state,
     )
 
 
@@ -90,7 +107,10 @@ def test_bad_tensors(fn):
         (dict(state=state.memory[:1]), r"initial_state.memory must have shapes"),
         (dict(state="weights"), r"initial_state must be None, a tensor, a tuple of tensors or a miras.ops.MirasState"),
         (dict(state=MirasState(state.memory, offset=3)), r"initial_state.offset > 0 needs initial_state.anchor"),
-        (dict(state=MirasState(state.memory, offset=9)), r"initial_state.offset=9 must be an integer in \[0, chunk_size=8\)"),
+        (
+            dict(state=MirasState(state.memory, offset=9)),
+            r"initial_state.offset=9 must be an integer in \[0, chunk_size=8\)",
+        ),
         (dict(chunk_size=0), r"chunk_size must be a positive integer, got 0"),
     ]
     for change, message in cases:

@@ -27,6 +27,7 @@ def counted_reads():
         def read(self, *args, **kwargs):
             counts[name] += 1
             return originals[name](self, *args, **kwargs)
+
         return read
 
     for name in READS:
@@ -39,8 +40,19 @@ def counted_reads():
 
 
 def _run(fn, spec, q, k, v, gates, state, chunk_size=4):
-    return fn(q, k, v, gates["eta"], gates["alpha"], spec=spec, chunk_size=chunk_size, momentum=gates["momentum"],
-              delta=gates["delta"], initial_state=state, output_final_state=True)
+    return fn(
+        q,
+        k,
+        v,
+        gates["eta"],
+        gates["alpha"],
+        spec=spec,
+        chunk_size=chunk_size,
+        momentum=gates["momentum"],
+        delta=gates["delta"],
+        initial_state=state,
+        output_final_state=True,
+    )
 
 
 # moneta: an MLP memory (lq retention); yaad: huber's δ; titans: momentum; gated_deltanet: the linear-chunks path with

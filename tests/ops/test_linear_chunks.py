@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from miras import presets
 import miras.ops.linear_chunks as linear_chunks_module
+from miras import presets
 from miras.ops import chunk_miras, naive_recurrent_miras
 from miras.ops.linear_chunks import group_size, linear_chunks_apply
 from miras.spec import MemorySpec
@@ -47,13 +47,29 @@ def test_many_chunks_after_a_partial_one(preset, gradients, erase, grouped, monk
             gates["alpha"][:, 30:33] = 1.0
 
     def run(fn):
-        _, mid = fn(q[:, :head].detach(), k[:, :head].detach(), v[:, :head].detach(), gates["eta"][:, :head].detach(),
-                    None if gates["alpha"] is None else gates["alpha"][:, :head].detach(), spec=spec,
-                    chunk_size=chunk_size, initial_state=state, output_final_state=True)
+        _, mid = fn(
+            q[:, :head].detach(),
+            k[:, :head].detach(),
+            v[:, :head].detach(),
+            gates["eta"][:, :head].detach(),
+            None if gates["alpha"] is None else gates["alpha"][:, :head].detach(),
+            spec=spec,
+            chunk_size=chunk_size,
+            initial_state=state,
+            output_final_state=True,
+        )
         assert mid.offset == (0 if spec.per_token else head)
-        return fn(q[:, head:], k[:, head:], v[:, head:], gates["eta"][:, head:],
-                  None if gates["alpha"] is None else gates["alpha"][:, head:], spec=spec, chunk_size=chunk_size,
-                  initial_state=mid, output_final_state=True)
+        return fn(
+            q[:, head:],
+            k[:, head:],
+            v[:, head:],
+            gates["eta"][:, head:],
+            None if gates["alpha"] is None else gates["alpha"][:, head:],
+            spec=spec,
+            chunk_size=chunk_size,
+            initial_state=mid,
+            output_final_state=True,
+        )
 
     (o, s), (o_ref, s_ref) = run(chunk_miras), run(naive_recurrent_miras)
     torch.testing.assert_close(o, o_ref, rtol=1e-9, atol=1e-9)

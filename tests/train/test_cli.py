@@ -18,9 +18,35 @@ from miras.train import TrainConfig  # noqa: E402
 from tests.train.test_train import grammar_text  # noqa: E402
 
 TINY_FLAGS = [
-    "--hidden-size", "32", "--num-heads", "2", "--num-hidden-layers", "1", "--chunk-size", "16", "--vocab-size",
-    "320", "--seq-len", "32", "--batch-size", "4", "--lr", "1e-2", "--warmup-steps", "2", "--max-minutes", "-1",
-    "--eval-every", "-1", "--final-eval-tokens", "256", "--sample-tokens", "4", "--threads", "1", "--no-progress",
+    "--hidden-size",
+    "32",
+    "--num-heads",
+    "2",
+    "--num-hidden-layers",
+    "1",
+    "--chunk-size",
+    "16",
+    "--vocab-size",
+    "320",
+    "--seq-len",
+    "32",
+    "--batch-size",
+    "4",
+    "--lr",
+    "1e-2",
+    "--warmup-steps",
+    "2",
+    "--max-minutes",
+    "-1",
+    "--eval-every",
+    "-1",
+    "--final-eval-tokens",
+    "256",
+    "--sample-tokens",
+    "4",
+    "--threads",
+    "1",
+    "--no-progress",
 ]
 
 
@@ -31,8 +57,20 @@ def tiny_run(tmp_path_factory):
     data = root / "data.txt"
     data.write_text(grammar_text(), encoding="utf-8")
     run = root / "run"
-    args = ["train", "--data", str(data), "--val-data", str(data), "--max-steps", "4", "--out-dir", str(run),
-            "--cache-dir", str(root / "cache"), *TINY_FLAGS]
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--val-data",
+        str(data),
+        "--max-steps",
+        "4",
+        "--out-dir",
+        str(run),
+        "--cache-dir",
+        str(root / "cache"),
+        *TINY_FLAGS,
+    ]
     assert main(args) == 0
     return run
 
@@ -109,8 +147,19 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, flags, message, capsys):
     _bad_data_files(tmp_path)
     data = tmp_path / "data.txt"
     data.write_text(grammar_text(), encoding="utf-8")
-    args = ["train", "--data", str(data), "--max-steps", "4", "--out-dir", str(tmp_path / "run"), "--cache-dir",
-            str(tmp_path / "cache"), *TINY_FLAGS, *(flag.replace("{tmp}", str(tmp_path)) for flag in flags)]
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--max-steps",
+        "4",
+        "--out-dir",
+        str(tmp_path / "run"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        *TINY_FLAGS,
+        *(flag.replace("{tmp}", str(tmp_path)) for flag in flags),
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("miras train: error: ") and message.replace("{tmp}", str(tmp_path)) in err, err
@@ -150,24 +199,44 @@ def _damaged(tiny_run, tmp_path, damage) -> str:
     return str(run)
 
 
-@pytest.mark.parametrize("command, damage, message", [
-    ("generate", lambda run, ckpt: os.truncate(ckpt / "model.safetensors", 100), "not a readable safetensors file"),
-    ("resume", lambda run, ckpt: os.truncate(ckpt / "model.safetensors", 100),
-     "model.safetensors: not a readable safetensors file"),
-    ("generate", lambda run, ckpt: shutil.rmtree(run / "tokenizer"), "no tokenizer/ folder"),
-    ("generate", lambda run, ckpt: (run / "config.json").write_text("{bad"), "config.json: not valid JSON"),
-    ("generate", lambda run, ckpt: (run / "config.json").write_text('{"model": {"bogus": 1}}'),
-     "config.json: no valid model config"),
-    ("generate", lambda run, ckpt: (run / "config.json").write_text('{"model_type": "miras"}'),
-     "a Hugging Face folder, not a run folder; load it with transformers, or convert it first"),
-    ("resume", lambda run, ckpt: (ckpt / "train_state.json").unlink(), "no training state (train_state.json missing)"),
-    ("resume", lambda run, ckpt: os.truncate(ckpt / "train_state.safetensors", 100), "unreadable training state"),
-])
+@pytest.mark.parametrize(
+    "command, damage, message",
+    [
+        ("generate", lambda run, ckpt: os.truncate(ckpt / "model.safetensors", 100), "not a readable safetensors file"),
+        (
+            "resume",
+            lambda run, ckpt: os.truncate(ckpt / "model.safetensors", 100),
+            "model.safetensors: not a readable safetensors file",
+        ),
+        ("generate", lambda run, ckpt: shutil.rmtree(run / "tokenizer"), "no tokenizer/ folder"),
+        ("generate", lambda run, ckpt: (run / "config.json").write_text("{bad"), "config.json: not valid JSON"),
+        (
+            "generate",
+            lambda run, ckpt: (run / "config.json").write_text('{"model": {"bogus": 1}}'),
+            "config.json: no valid model config",
+        ),
+        (
+            "generate",
+            lambda run, ckpt: (run / "config.json").write_text('{"model_type": "miras"}'),
+            "a Hugging Face folder, not a run folder; load it with transformers, or convert it first",
+        ),
+        (
+            "resume",
+            lambda run, ckpt: (ckpt / "train_state.json").unlink(),
+            "no training state (train_state.json missing)",
+        ),
+        ("resume", lambda run, ckpt: os.truncate(ckpt / "train_state.safetensors", 100), "unreadable training state"),
+    ],
+)
 def test_damaged_run_folders_are_named(tiny_run, tmp_path, capsys, command, damage, message):
     """A damaged or foreign folder gives one line naming the file, exit 2, no traceback; the folder is kept."""
     run = _damaged(tiny_run, tmp_path, damage)
     before = sorted(p.relative_to(run) for p in Path(run).rglob("*") if p.name != "train.lock")
-    args = ["generate", "--checkpoint", run, "--max-new-tokens", "2"] if command == "generate" else ["train", "--resume", run]
+    args = (
+        ["generate", "--checkpoint", run, "--max-new-tokens", "2"]
+        if command == "generate"
+        else ["train", "--resume", run]
+    )
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
@@ -207,14 +276,20 @@ def test_a_run_folder_in_use_is_refused(tmp_path, tiny_run, capsys):
     data = tmp_path / "data.txt"
     data.write_text(grammar_text(), encoding="utf-8")
     args = ["train", "--data", str(data), "--max-steps", "1", "--cache-dir", str(tmp_path / "cache"), *TINY_FLAGS]
-    for folder, command, flag in ((tiny_run, ["train", "--resume", str(tiny_run)], "--resume"),
-                                  (tmp_path / "new", [*args, "--out-dir", str(tmp_path / "new")], "--out-dir")):
+    for folder, command, flag in (
+        (tiny_run, ["train", "--resume", str(tiny_run)], "--resume"),
+        (tmp_path / "new", [*args, "--out-dir", str(tmp_path / "new")], "--out-dir"),
+    ):
         folder.mkdir(exist_ok=True)
         with lock_held_elsewhere(folder) as holder:
             assert main(command) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"miras train: error: {flag}: {folder} is in use by another miras train (pid "
-                              f"{holder.pid} on host ") and err.count("\n") == 1, err
+        assert (
+            err.startswith(
+                f"miras train: error: {flag}: {folder} is in use by another miras train (pid {holder.pid} on host "
+            )
+            and err.count("\n") == 1
+        ), err
     assert not (tmp_path / "new" / "config.json").exists()
 
 

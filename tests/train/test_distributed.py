@@ -38,7 +38,7 @@ LAUNCH_TIMEOUT = 300  # a rank left waiting in a collective would otherwise hang
 # is micro-batch k % grad_accum of step k // grad_accum);
 # TEST_RANK1_OUT_OF_TIME=1: rank 1's clock says the time budget is spent from the start while rank 0's does not, so
 # the run only completes if every rank follows rank 0's decision.
-WORKER = '''
+WORKER = """
 import os
 import sys
 
@@ -59,7 +59,7 @@ if kill_at >= 0:
 if os.environ.get("TEST_RANK1_OUT_OF_TIME") and os.environ["RANK"] == "1":
     Pacer.out_of_time = lambda self: True
 sys.exit(main(sys.argv[1:]))
-'''
+"""
 
 
 def cli_flags(config: TrainConfig) -> list[str]:
@@ -79,8 +79,9 @@ def cli_flags(config: TrainConfig) -> list[str]:
 def torchrun(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
     """2 processes on this machine (--standalone: a local rendezvous on a free port), gloo on the CPU."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
-    with subprocess.Popen(command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as process:
+    with subprocess.Popen(
+        command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
         try:
             stdout, stderr = process.communicate(timeout=LAUNCH_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -98,8 +99,10 @@ def records(run_dir: Path) -> list[dict]:
 def losses(run_dir: Path) -> dict[str, list[float]]:
     """Per-step training losses and periodic validation losses of a run folder."""
     events = records(run_dir)
-    return {"train": [r["loss"] for r in events if r["event"] == "train"],
-            "eval": [r["val_loss"] for r in events if r["event"] == "eval"]}
+    return {
+        "train": [r["loss"] for r in events if r["event"] == "train"],
+        "eval": [r["val_loss"] for r in events if r["event"] == "eval"],
+    }
 
 
 def checkpoint_tensors(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
@@ -155,8 +158,16 @@ def setup(tmp_path_factory):
     worker.write_text(WORKER, encoding="utf-8")
     # 2 blocks, so that FSDP has two block units besides the root; 2 micro-batches per step, so that DDP skips the
     # all-reduce of the first; eval windows (2 batches of 4) split over the ranks.
-    config = tiny_config(root, data, num_hidden_layers=2, grad_accum=2, max_steps=4, save_every=2, eval_every=2,
-                         out_dir=str(root / "reference"))
+    config = tiny_config(
+        root,
+        data,
+        num_hidden_layers=2,
+        grad_accum=2,
+        max_steps=4,
+        save_every=2,
+        eval_every=2,
+        out_dir=str(root / "reference"),
+    )
     reference = train(config)
     with pytest.MonkeyPatch.context() as monkeypatch:
         kill_at_batch(monkeypatch, 2 * config.grad_accum)  # the first batch of step 3
@@ -169,8 +180,9 @@ def test_ddp_two_processes_match_one(setup):
     root, worker, config, reference, _ = setup
     run = root / "ddp"
     # Rank 1's clock says stop before the first step: the run completes only because rank 0's decision is everyone's.
-    done = torchrun([str(worker), "train", *cli_flags(config.replace(out_dir=str(run)))],
-                    env={"TEST_RANK1_OUT_OF_TIME": "1"})
+    done = torchrun(
+        [str(worker), "train", *cli_flags(config.replace(out_dir=str(run)))], env={"TEST_RANK1_OUT_OF_TIME": "1"}
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_run(run, reference.run_dir, step=4)
     assert records(run)[-1]["sample"] == reference.sample
@@ -183,8 +195,10 @@ def test_fsdp_checkpoint_resumes_in_one_process(setup, tmp_path):
     one, and one process resumes it to the reference's end."""
     _, worker, config, reference, step2 = setup
     run = tmp_path / "fsdp"
-    killed = torchrun([str(worker), "train", *cli_flags(config.replace(out_dir=str(run), parallel="fsdp"))],
-                      env={"TEST_KILL_AT_BATCH": str(2 * config.grad_accum)})
+    killed = torchrun(
+        [str(worker), "train", *cli_flags(config.replace(out_dir=str(run), parallel="fsdp"))],
+        env={"TEST_KILL_AT_BATCH": str(2 * config.grad_accum)},
+    )
     assert killed.returncode != 0 and "interrupted" in killed.stderr, killed.stderr[-3000:]
     assert (run / "latest").read_text().strip() == "checkpoint-0000002"
     assert_same_checkpoint(run, step2, 2)

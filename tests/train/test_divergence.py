@@ -27,8 +27,11 @@ from tests.train.test_train import data, tiny_config  # noqa: E402, F401  (data:
 
 
 def _all_finite(checkpoint: Path) -> bool:
-    tensors = {name: t for file in ("model.safetensors", "train_state.safetensors")
-               for name, t in load_file(str(checkpoint / file)).items()}
+    tensors = {
+        name: t
+        for file in ("model.safetensors", "train_state.safetensors")
+        for name, t in load_file(str(checkpoint / file)).items()
+    }
     return all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
 
 
@@ -36,22 +39,42 @@ def test_a_diverging_run_skips_then_stops_with_one_line(tmp_path, data, capsys):
     """--lr 10000: the loss goes NaN within a few steps. Before the fix this died inside the op ("eta must lie in
     (0.0, inf)"); now the trainer catches it."""
     run = tmp_path / "run"
-    args = ["train", "--data", str(data), "--val-data", str(data), "--out-dir", str(run), "--cache-dir",
-            str(tmp_path / "cache"), *TINY_FLAGS, "--lr", "10000", "--max-steps", "20", "--save-every", "1",
-            "--max-skipped-steps", "1"]
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--val-data",
+        str(data),
+        "--out-dir",
+        str(run),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        *TINY_FLAGS,
+        "--lr",
+        "10000",
+        "--max-steps",
+        "20",
+        "--save-every",
+        "1",
+        "--max-skipped-steps",
+        "1",
+    ]
     assert main(args) == 3
     out, err = capsys.readouterr()
     skips = [line for line in out.splitlines() if "skipped its update" in line]
     assert len(skips) == 1, out
-    skipped_at = int(re.match(r"step (\d+): loss nan, gradient norm nan: skipped its update \(1 of at most 1 ",
-                              skips[0])[1])
+    skipped_at = int(
+        re.match(r"step (\d+): loss nan, gradient norm nan: skipped its update \(1 of at most 1 ", skips[0])[1]
+    )
     assert "likely cause: a learning rate too high for this model (--lr 10000, --warmup-steps 2)" in skips[0]
     assert err.count("\n") == 1 and "Traceback" not in err, err  # one line
     last_good = run / f"checkpoint-{skipped_at:07d}"  # saved after the skipped step: finite weights, step counted
-    assert err == (f"miras train: error: step {skipped_at + 1}: loss nan, gradient norm nan after 1 skipped step "
-                   "(--max-skipped-steps 1): the run diverged and stops; likely cause: a learning rate too high for "
-                   "this model (--lr 10000, --warmup-steps 2); remedy: start a new run with a lower --lr (e.g. 1000) "
-                   f"or more --warmup-steps; last good checkpoint: {last_good} (kept)\n")
+    assert err == (
+        f"miras train: error: step {skipped_at + 1}: loss nan, gradient norm nan after 1 skipped step "
+        "(--max-skipped-steps 1): the run diverged and stops; likely cause: a learning rate too high for "
+        "this model (--lr 10000, --warmup-steps 2); remedy: start a new run with a lower --lr (e.g. 1000) "
+        f"or more --warmup-steps; last good checkpoint: {last_good} (kept)\n"
+    )
     assert (run / "latest").read_text().strip() == last_good.name
     assert sorted(p.name for p in run.glob("checkpoint-*")) == [last_good.name]
     assert _all_finite(last_good)
@@ -81,9 +104,12 @@ def test_non_finite_weights_are_never_saved(tmp_path, data, monkeypatch):  # noq
 
     calls: list[int] = []
     monkeypatch.setattr(loop, "train_step", overflowing_step)
-    with pytest.raises(Diverged, match=r"^step 4: the weights are not finite after an update \(last loss nan\), so "
-                                       r"this checkpoint is not saved and the run stops; .*last good checkpoint: "
-                                       r".*checkpoint-0000002 \(kept\)$"):
+    with pytest.raises(
+        Diverged,
+        match=r"^step 4: the weights are not finite after an update \(last loss nan\), so "
+        r"this checkpoint is not saved and the run stops; .*last good checkpoint: "
+        r".*checkpoint-0000002 \(kept\)$",
+    ):
         train(tiny_config(tmp_path, data, save_every=2))
     run = tmp_path / "run"
     assert (run / "latest").read_text().strip() == "checkpoint-0000002" and _all_finite(run / "checkpoint-0000002")
@@ -93,8 +119,11 @@ def test_non_finite_weights_are_never_saved(tmp_path, data, monkeypatch):  # noq
 def test_a_step_brings_values_to_the_host_once(monkeypatch):
     """The loss and the gradient norm come to the host together: one read per step by miras's code, whatever the
     number of micro-batches (AdamW's own reads of its CPU step counters are not ours)."""
-    model = miras.MirasLM(miras.ModelConfig.from_size("tiny", vocab_size=300, hidden_size=32, num_heads=2,
-                                                      num_hidden_layers=1, chunk_size=16))
+    model = miras.MirasLM(
+        miras.ModelConfig.from_size(
+            "tiny", vocab_size=300, hidden_size=32, num_heads=2, num_hidden_layers=1, chunk_size=16
+        )
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     batch = torch.randint(0, 300, (2, 33))

@@ -14,8 +14,10 @@ import pytest
 
 from miras.run.lock import LOCK_FILE, RunInUse, RunLock
 
-HOLDER = ("import sys, time\nfrom miras.run.lock import RunLock\nRunLock.acquire(sys.argv[1])\n"
-          "print('locked', flush=True)\ntime.sleep(600)\n")
+HOLDER = (
+    "import sys, time\nfrom miras.run.lock import RunLock\nRunLock.acquire(sys.argv[1])\n"
+    "print('locked', flush=True)\ntime.sleep(600)\n"
+)
 
 
 @contextlib.contextmanager
@@ -32,14 +34,18 @@ def lock_held_elsewhere(folder):
 
 def test_a_second_writer_is_refused_and_a_dead_ones_lock_taken_over(tmp_path):
     with lock_held_elsewhere(tmp_path) as holder:
-        with pytest.raises(RunInUse, match=rf"^{tmp_path} is in use by another miras train \(pid {holder.pid} on "
-                                           r"host .*, since .*\); wait for it to finish, or stop it"):
+        with pytest.raises(
+            RunInUse,
+            match=rf"^{tmp_path} is in use by another miras train \(pid {holder.pid} on "
+            r"host .*, since .*\); wait for it to finish, or stop it",
+        ):
             RunLock.acquire(tmp_path)
     notices = []
     with RunLock.acquire(tmp_path, notices.append):  # the holder was killed: its lock file stays, stale
         assert len(notices) == 1
-        assert notices[0].startswith(f"{tmp_path / LOCK_FILE}: taking over a stale lock; its owner (pid {holder.pid} "
-                                     "on host ")
+        assert notices[0].startswith(
+            f"{tmp_path / LOCK_FILE}: taking over a stale lock; its owner (pid {holder.pid} on host "
+        )
         assert notices[0].endswith(") ended without releasing it")
         assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
         with pytest.raises(RunInUse, match=f"pid {os.getpid()}"):  # a second open file in this process: refused too
@@ -56,8 +62,10 @@ def test_a_stale_lock_file_of_a_dead_pid(tmp_path):
     (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": pid, "host": "elsewhere", "since": "yesterday"}))
     notices = []
     with RunLock.acquire(tmp_path, notices.append):
-        assert notices == [f"{tmp_path / LOCK_FILE}: taking over a stale lock; its owner (pid {pid} on host "
-                           "elsewhere, since yesterday) ended without releasing it"]
+        assert notices == [
+            f"{tmp_path / LOCK_FILE}: taking over a stale lock; its owner (pid {pid} on host "
+            "elsewhere, since yesterday) ended without releasing it"
+        ]
     (tmp_path / LOCK_FILE).write_text("garbage")
     with RunLock.acquire(tmp_path, notices.append):
         assert notices[-1].endswith("its owner (lock file content 'garbage') ended without releasing it")
@@ -82,6 +90,8 @@ def test_a_file_system_without_locks_is_named_not_fatal(tmp_path, monkeypatch):
     monkeypatch.setattr(fcntl, "flock", no_locks)
     notices = []
     with RunLock.acquire(tmp_path, notices.append):
-        assert notices == [f"{tmp_path / LOCK_FILE}: this file system cannot lock files (No locks available), so "
-                           "nothing stops a second miras train from writing to this folder at the same time"]
+        assert notices == [
+            f"{tmp_path / LOCK_FILE}: this file system cannot lock files (No locks available), so "
+            "nothing stops a second miras train from writing to this folder at the same time"
+        ]
     assert not (tmp_path / LOCK_FILE).exists()

@@ -53,8 +53,14 @@ sys.exit(main(sys.argv[3:]))
 def _killed_at(where: str, n: int, args: list[str]) -> str:
     """Run `miras train ARGS` in a subprocess, SIGKILL it at the n-th call of `where`; returns what it printed."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, where, str(n), *args], stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, where, str(n), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     out = []
     for line in child.stdout:
         out.append(line)
@@ -80,8 +86,13 @@ def _killed_at_random(args: list[str], run: Path, seed: int) -> bool:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     rng = random.Random(seed)
     target = f"checkpoint-{_latest_is_complete(run) + rng.randint(1, 2):07d}\n"
-    child = subprocess.Popen([sys.executable, "-m", "miras", *args], stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "miras", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     while child.poll() is None and (run / LATEST).read_text() < target:
         time.sleep(0.002)
     time.sleep(rng.uniform(0.0, 0.05))  # within the next step or save (each takes tens of ms here)
@@ -95,8 +106,21 @@ def _uninterrupted(tmp_path: Path) -> tuple[list[str], Path]:
     """The flags of a 12-step run saving every step, and the folder of that run done without interruption."""
     data = tmp_path / "data.txt"
     data.write_text(grammar_text(), encoding="utf-8")
-    common = ["--data", str(data), "--val-data", str(data), "--cache-dir", str(tmp_path / "cache"), *TINY_FLAGS,
-              "--max-steps", "12", "--save-every", "1", "--log-every", "1"]
+    common = [
+        "--data",
+        str(data),
+        "--val-data",
+        str(data),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        *TINY_FLAGS,
+        "--max-steps",
+        "12",
+        "--save-every",
+        "1",
+        "--log-every",
+        "1",
+    ]
     full = tmp_path / "full"
     assert main(["train", *common, "--out-dir", str(full)]) == 0
     return common, full
@@ -135,7 +159,8 @@ def test_sigkill_before_a_save_is_published_and_at_random_moments(tmp_path):
     # The save of step 2 has all its files in checkpoint-tmp, not yet renamed.
     _killed_at("rename", 2, ["train", *common, "--out-dir", str(run)])
     assert _latest_is_complete(run) == 1 and sorted(os.listdir(run / TMP_DIR)) == sorted(
-        [MODEL_FILE, STATE_TENSORS, STATE_JSON])
+        [MODEL_FILE, STATE_TENSORS, STATE_JSON]
+    )
     # Resumed at 1; step 3's folder is renamed into place, but `latest` still names step 2's.
     _killed_at("latest", 2, ["train", "--resume", str(run)])
     assert _latest_is_complete(run) == 2 and (run / "checkpoint-0000003").is_dir()

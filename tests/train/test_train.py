@@ -44,10 +44,26 @@ def data(tmp_path):
 
 def tiny_config(tmp_path, data, **changes) -> TrainConfig:
     fields = dict(
-        data=str(data), val_data=(str(data),), vocab_size=320, seq_len=32, batch_size=4, lr=1e-2, warmup_steps=2,
-        max_steps=8, max_minutes=-1, log_every=1, eval_every=-1, eval_batches=2, final_eval_tokens=512,
-        save_every=-1, sample_tokens=8, cache_dir=str(tmp_path / "cache"), out_dir=str(tmp_path / "run"),
-        threads=1, progress=False, **TINY,
+        data=str(data),
+        val_data=(str(data),),
+        vocab_size=320,
+        seq_len=32,
+        batch_size=4,
+        lr=1e-2,
+        warmup_steps=2,
+        max_steps=8,
+        max_minutes=-1,
+        log_every=1,
+        eval_every=-1,
+        eval_batches=2,
+        final_eval_tokens=512,
+        save_every=-1,
+        sample_tokens=8,
+        cache_dir=str(tmp_path / "cache"),
+        out_dir=str(tmp_path / "run"),
+        threads=1,
+        progress=False,
+        **TINY,
     )
     return TrainConfig(**{**fields, **changes})
 
@@ -104,8 +120,9 @@ def test_resume_continues_exactly(tmp_path, data, monkeypatch):
     resumed = train(TrainConfig(resume=str(tmp_path / "killed"), threads=1, progress=False))
     assert train_losses(tmp_path / "killed") == train_losses(full.run_dir)  # bit-exact, step by step
     assert resumed.evals == full.evals
-    weights = [load_file(str(r / (r / "latest").read_text().strip() / MODEL_FILE)) for r in (full.run_dir,
-                                                                                              resumed.run_dir)]
+    weights = [
+        load_file(str(r / (r / "latest").read_text().strip() / MODEL_FILE)) for r in (full.run_dir, resumed.run_dir)
+    ]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
@@ -187,7 +204,9 @@ def test_checkpoint_folder_has_no_pickles(tmp_path, data):
     result = train(tiny_config(tmp_path, data, max_steps=2))
     checkpoint = result.run_dir / (result.run_dir / "latest").read_text().strip()
     assert sorted(p.name for p in checkpoint.iterdir()) == [
-        "model.safetensors", "train_state.json", "train_state.safetensors"
+        "model.safetensors",
+        "train_state.json",
+        "train_state.safetensors",
     ]
     model, tokenizer = load_trained(result.run_dir)
     assert not model.training and tokenizer.vocab_size == 320
@@ -298,8 +317,9 @@ def test_paths_are_saved_absolute_so_a_run_resumes_from_anywhere(tmp_path, data,
     """Relative --data, --val-data (another spelling of the same file: still its held-out part), --cache-dir and
     --out-dir: saved absolute, so the run resumes from another working directory."""
     monkeypatch.chdir(tmp_path)
-    config = tiny_config(tmp_path, "data.txt", val_data=("./data.txt",), cache_dir="cache", out_dir="run", max_steps=2,
-                         save_every=2)
+    config = tiny_config(
+        tmp_path, "data.txt", val_data=("./data.txt",), cache_dir="cache", out_dir="run", max_steps=2, save_every=2
+    )
     assert (config.data, config.val_data, config.cache_dir) == (str(data), (str(data),), str(tmp_path / "cache"))
     result = train(config)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
