@@ -33,3 +33,20 @@ def make_inputs(spec: MemorySpec, B=2, T=7, H=2, K=4, V=4, dtype=torch.float64, 
     for x in leaves:
         x.requires_grad_(requires_grad)
     return q, k, v, gates, MirasState(memory, momentum), leaves
+
+
+def run_op(fn, spec: MemorySpec, q, k, v, gates: dict, state, chunk_size: int):
+    """fn (chunk_miras or naive_recurrent_miras) on make_inputs' tensors, returning the final state too."""
+    return fn(
+        q,
+        k,
+        v,
+        gates["eta"],
+        gates["alpha"],
+        spec=spec,
+        chunk_size=chunk_size,
+        momentum=gates["momentum"],
+        delta=gates["delta"],
+        initial_state=state,
+        output_final_state=True,
+    )

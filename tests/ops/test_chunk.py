@@ -10,7 +10,7 @@ import torch
 from miras import presets
 from miras.ops import chunk_miras, naive_recurrent_miras
 from miras.spec import ALGORITHMS, BIASES, MEMORIES, RETENTIONS, MemorySpec
-from tests.ops.inputs import make_inputs
+from tests.ops.inputs import make_inputs, run_op
 
 
 def _random_specs(count: int, seed: int = 42) -> list[MemorySpec]:
@@ -39,20 +39,7 @@ def _random_specs(count: int, seed: int = 42) -> list[MemorySpec]:
     return specs
 
 
-def _run(fn, spec, q, k, v, gates, state, chunk_size):
-    return fn(
-        q,
-        k,
-        v,
-        gates["eta"],
-        gates["alpha"],
-        spec=spec,
-        chunk_size=chunk_size,
-        momentum=gates["momentum"],
-        delta=gates["delta"],
-        initial_state=state,
-        output_final_state=True,
-    )
+_run = run_op
 
 
 def _state_tensors(state):

@@ -11,7 +11,7 @@ import torch
 
 from miras import presets
 from miras.ops import chunk_miras, debug_checks, naive_recurrent_miras
-from tests.ops.inputs import make_inputs
+from tests.ops.inputs import make_inputs, run_op
 
 # The Python-level ways to bring a tensor's data to the host.
 READS = ("__bool__", "item", "tolist", "__float__", "__int__", "__index__")
@@ -40,19 +40,7 @@ def counted_reads():
 
 
 def _run(fn, spec, q, k, v, gates, state, chunk_size=4):
-    return fn(
-        q,
-        k,
-        v,
-        gates["eta"],
-        gates["alpha"],
-        spec=spec,
-        chunk_size=chunk_size,
-        momentum=gates["momentum"],
-        delta=gates["delta"],
-        initial_state=state,
-        output_final_state=True,
-    )
+    return run_op(fn, spec, q, k, v, gates, state, chunk_size)
 
 
 # moneta: an MLP memory (lq retention); yaad: huber's δ; titans: momentum; gated_deltanet: the linear-chunks path with
