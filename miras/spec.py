@@ -96,8 +96,8 @@ class MemorySpec:
     # Non-linear retentions with per-chunk gradients: how the read weights move inside a chunk after its lag token
     # (ops/README.md section 1). "raw": by the accumulator's increments, W_t = α_t W_{t-1} - η_t g_t (the paper's
     # parallel scheme, literally). "scaled": by those increments times φ's slope at the lag token, s = tr J_φ(A_s) / N
-    # per weight matrix (Moneta: 1/n_s^{q-2}; Memora: c·mean p(1-p)), a first-order step through φ that keeps the
-    # fast path (one scalar per matrix). At chunk size 1 both are the per-token rule.
+    # per weight matrix (Moneta: 1/n_s^{q-2}; Memora: the softmax's, on row-centered steps), a first-order step
+    # through φ that keeps the fast path (one scalar per matrix). At chunk size 1 both are the per-token rule.
     inchunk_steps: str = "raw"
 
     def __post_init__(self) -> None:

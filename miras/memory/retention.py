@@ -71,11 +71,11 @@ def retention_weights(
     return retention_map(spec, accum), None
 
 
-def kl_slope(spec: MemorySpec, weights: torch.Tensor) -> torch.Tensor:
+def _kl_slope(spec: MemorySpec, weights: torch.Tensor) -> torch.Tensor:
     """Memora's slope from its weights W = c·p (p = softmax rows of n entries, `out` rows): the Jacobian's diagonal
-    is c·p(1 - p), and the steps are centered per row (a projection of trace n - 1 per row), so s = tr J / (out·(n-1))
-    = c/(n-1) - ‖W‖²_F / (c·out·(n-1)), since Σ p = out: one reduction over the weights (for n = 1, φ is constant and
-    s = 0)."""
+    is c·p(1 - p), and the steps are centered per row (`slope_centers_rows`: a projection of trace n - 1 per row), so
+    s = tr J / (out·(n-1)) = c/(n-1) - ‖W‖²_F / (c·out·(n-1)), since Σ p = out: one reduction over the weights, no
+    second softmax (for n = 1, φ is constant and s = 0)."""
     out, n = weights.shape[-2:]
     if n == 1:
         return weights.new_zeros(*weights.shape[:-2], 1, 1)
@@ -83,20 +83,32 @@ def kl_slope(spec: MemorySpec, weights: torch.Tensor) -> torch.Tensor:
     return c / (n - 1) - weights.square().sum(dim=(-2, -1), keepdim=True) / (c * out * (n - 1))
 
 
-def retention_slope(spec: MemorySpec, accum: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+def slope_centers_rows(spec: MemorySpec) -> bool:
+    """Whether the scaled in-chunk steps also remove each row's mean: Memora's, since the softmax ignores a constant
+    added to a row of A and its Jacobian at uniform rows is (c/n)(I - 11ᵀ/n)."""
+    return spec.retention == "kl"
+
+
+def retention_slope(
+    spec: MemorySpec,
+    accum: tuple[torch.Tensor, ...],
+    mapped: tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None],
+) -> tuple[torch.Tensor, ...]:
     """φ's mean slope at A per weight matrix ([..., 1, 1]): the mean of the diagonal of its Jacobian, tr J_φ(A) / N,
     i.e. the s for which s·I is the multiple of the identity closest to J_φ(A) (Frobenius). The in-chunk steps of
-    `inchunk_steps="scaled"` are the accumulator's increments times s. For lq the normalizer n is held fixed (its own
-    derivative adds a term of relative size (q-2)/N): the literal map's slope is then exactly `lq_scale`."""
+    `inchunk_steps="scaled"` are the accumulator's increments times s. mapped: φ(A) as `retention_weights(spec, A)`
+    gives it, so that nothing it holds is computed again. For lq the normalizer n is held fixed (its own derivative
+    adds a term of relative size (q-2)/N): the literal map's slope is then exactly its scale, `lq_scale`."""
+    weights, scales = mapped
     if spec.retention == "lq":
         if spec.lq_map == "literal":
-            return tuple(lq_scale(spec, a) for a in accum)
+            return scales
         return tuple(
             (spec.q - 1.0) * smooth_abs_pow(spec, a, spec.q - 2.0).mean(dim=(-2, -1), keepdim=True) * lq_scale(spec, a)
             for a in accum
         )
     if spec.retention == "kl":
-        return tuple(kl_slope(spec, w) for w in retention_map(spec, accum))
+        return tuple(_kl_slope(spec, w) for w in weights)
     if spec.retention == "elastic":
         return tuple((a.abs() > spec.elastic_threshold).to(a.dtype).mean(dim=(-2, -1), keepdim=True) for a in accum)
     raise ValueError(f"retention={spec.retention!r} has no slope: its map is the identity")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from miras.memory.architecture import activation, activation_derivative
 from miras.memory.bias import upstream
-from miras.memory.retention import kl_slope, retention_slope, retention_weights
+from miras.memory.retention import retention_slope, retention_weights, slope_centers_rows
 from miras.ops.linear_chunks import group_size, linear_chunks, linear_chunks_apply, masked_decay
 from miras.ops.precision import compute_dtype, without_autocast
 from miras.ops.state import TINY_GATE, MirasState, Weights, check_inputs, resolve_state
@@ -235,9 +235,8 @@ def _dual_read(
 
 
 def centered_steps(spec: MemorySpec) -> bool:
-    """Memora's scaled in-chunk steps remove each row's mean: the softmax ignores a constant added to a row of A,
-    and its Jacobian at uniform rows is (c/N)(I - 11ᵀ/N) (README section 2, "In-chunk steps")."""
-    return spec.inchunk_steps == "scaled" and spec.retention == "kl"
+    """Whether the in-chunk read steps remove each row's mean (Memora's scaled steps, `slope_centers_rows`)."""
+    return spec.inchunk_steps == "scaled" and slope_centers_rows(spec)
 
 
 def _centered(x: torch.Tensor) -> torch.Tensor:
@@ -355,11 +354,7 @@ def _lag_step(
         mom = tuple(torch.addcmul(u, tokens.theta[:, :, :1, None], s) for s, u in zip(mom0, steps))
         mem = tuple(torch.addcmul(s, alpha, m) for m, s in zip(mem0, mom))
     weights, scales = retention_weights(spec, mem)
-    slopes = None
-    if spec.inchunk_steps == "scaled" and spec.retention == "kl":  # from W_s: no second softmax
-        slopes = tuple(kl_slope(spec, w) for w in weights)
-    elif spec.inchunk_steps == "scaled":  # the literal lq map's slope is its scale: no second norm
-        slopes = scales if spec.retention == "lq" and scales is not None else retention_slope(spec, mem)
+    slopes = retention_slope(spec, mem, (weights, scales)) if spec.inchunk_steps == "scaled" else None
     return mem, mom, weights, scales, slopes
 
 

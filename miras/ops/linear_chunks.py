@@ -53,14 +53,17 @@ def linear_chunks(
     """
     B, H, N, m, K = q.shape
     q, k, v = (x.contiguous().flatten(0, 2) for x in (q, k, v))  # [B·H·N, m, D]: every matmul is one bmm
-    alpha = None if alpha is None else alpha.flatten(0, 2)
     eta = eta.flatten(0, 2)
-    a, scores, c_end = _scores(torch.bmm(q, k.mT), alpha, eta)
+    logs = base = None  # the chunks' cumulative log gates L_t, and L_i - log η_i (retention "decay" only)
+    if alpha is not None:
+        logs = torch.log(alpha.flatten(0, 2).clamp_min(TINY_GATE)).cumsum(-1)
+        base = logs - torch.log(eta)
+    a, scores, c_end = _scores(torch.bmm(q, k.mT), eta, logs, base)
     c_end = c_end.unsqueeze(-1)  # [B·H·N, m, 1]
     q_tilde = q if a is None else a.unsqueeze(-1) * q  # the base's part of each read, a_t q_t
     if spec.bias == "l2":  # u_i = γ_i W_0 k_i - v_i: the gradients feed back through the base
-        if spec.per_token:  # the exact delta rule: the keys and values through the chunk's triangular solve
-            k_anchor, v = _delta_rule_factors(spec, k, v, eta, alpha)
+        if spec.per_token:  # the exact delta rule: the keys and values through the chunk's (I + A)⁻¹
+            k_anchor, v = _delta_rule_factors(spec, k, v, eta, logs, base)
         else:
             # -γ_i k_i, γ_i = a_i for gradient_at="retained" (the anchor is the retained base). The sign rides on
             # the small gate vector: a baddbmm with alpha=-1 would cost two weight-sized passes in its backward.
@@ -78,12 +81,18 @@ def linear_chunks(
 
 
 def _delta_rule_factors(
-    spec: MemorySpec, k: torch.Tensor, v: torch.Tensor, eta: torch.Tensor, alpha: torch.Tensor | None
+    spec: MemorySpec,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    eta: torch.Tensor,
+    logs: torch.Tensor | None,
+    base: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The exact per-token delta rule of a chunk as the mini-batch form with other keys and values (README
-    section 6): (-K̃, Ṽ) with K̃ = T (e^{Γ'} ⊙ K), Ṽ = T V and T = (I + A)⁻¹, one unit-lower-triangular solve.
+    section 6): (-K̃, Ṽ) with K̃ = T (e^{Γ'} ⊙ K), Ṽ = T V and T = (I + A)⁻¹, a unit-lower-triangular inverse.
 
-    k [R, m, K], v [R, m, V], eta, alpha [R, m] (alpha None: retention "none"). Token t's gradient is taken at
+    k [R, m, K], v [R, m, V], eta [R, m]; logs and base [R, m] as `linear_chunks` computes them (None: retention
+    "none"). Token t's gradient is taken at
     ρ_t W_{t-1} (ρ = α_t for gradient_at="retained", 1 for "anchor"), whose base part is e^{Γ'_t} W_0 with
     Γ'_t = L_t ("retained") or L_{t-1} ("anchor"), L the cumulative log α. A[t, i] = η_i e^{Γ'_t - L_i} k_t·k_i for
     i < t: how much token i's write changes token t's residual. The residuals ν = Ṽ - K̃ W_0ᵀ then play the part of
@@ -91,39 +100,38 @@ def _delta_rule_factors(
     """
     m = k.shape[-2]
     kk = torch.bmm(k, k.mT)
-    if alpha is None:
+    if logs is None:
         upper = torch.ones(m, m, dtype=torch.bool, device=k.device).triu()
         lower = (kk * eta.unsqueeze(-2)).masked_fill_(upper, 0.0)
         minus_k = -k
     else:
-        logs = torch.log(alpha.clamp_min(TINY_GATE)).cumsum(-1)  # L_t
         # Γ'_t: L_t for "retained", L_{t-1} for "anchor"
         reads = logs if spec.gradient_at == "retained" else torch.nn.functional.pad(logs[:, :-1], (1, 0))
-        lower = _DecayedScores.apply(kk, reads, logs - torch.log(eta), True)  # kk ⊙ e^{Γ'_t - L_i + log η_i}, i < t
+        lower = _DecayedScores.apply(kk, reads, base, True)  # kk ⊙ e^{Γ'_t - L_i + log η_i}, i < t
         minus_k = torch.exp(reads).neg().unsqueeze(-1) * k  # the sign on the [R, m] vector, not on k's size
     inverse = _UnitLowerInverse.apply(lower)  # T = (I + A)⁻¹
     return torch.bmm(inverse, minus_k), torch.bmm(inverse, v)  # two bmms: no concatenation of k and v to split
 
 
 def _scores(
-    qk: torch.Tensor, alpha: torch.Tensor | None, eta: torch.Tensor
+    qk: torch.Tensor, eta: torch.Tensor, logs: torch.Tensor | None, base: torch.Tensor | None
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """qk [R, m, m] (q_t·k_i) and the gates alpha, eta [R, m] -> (a [R, m], a_t = ∏_{l≤t} α_l; the scores
+    """qk [R, m, m] (q_t·k_i), eta [R, m], the cumulative log gates L = logs and base = L - log η [R, m] (None:
+    no retention) -> (a [R, m], a_t = ∏_{l≤t} α_l; the scores
     S [R, m, m], S[t, i] = c[t, i] q_t·k_i with c[t, i] = ∏_{i<l≤t} α_l · η_i, zero for i > t; c_end [R, m], the last
     row of c, from the gate vectors: a slice of S-sized c would cost a zero-filled c-sized gradient in the backward).
-    alpha None (no retention): a is None (all ones) and c the lower triangle of η.
+    No retention: a is None (all ones) and c the lower triangle of η.
 
     c = exp(L_t - L_i + log η_i) from the chunk's cumulative log gates L (the fla chunk kernels' form, with η in the
-    exponent: no c-sized product with η, forward or backward; η > 0 is checked at the op's entry). Within a chunk of
+    exponent: no c-sized product with η, forward or backward; η > 0 is the op's contract, checked under
+    `miras.ops.debug_checks()`). Within a chunk of
     64 tokens the cancellation error stays below 1e-7 of the exponent's magnitude (float32), where the exponent is
     at most 64·69 (a gate of 0 becomes 1e-30).
     """
     m = qk.shape[-1]
-    if alpha is None:
+    if logs is None:
         causal = torch.ones(m, m, dtype=torch.bool, device=qk.device).tril()
         return None, qk * (eta.unsqueeze(-2) * causal), eta
-    logs = torch.log(alpha.clamp_min(TINY_GATE)).cumsum(-1)  # L_t
-    base = logs - torch.log(eta)  # L_i - log η_i
     return torch.exp(logs), _DecayedScores.apply(qk, logs, base), torch.exp(logs[:, -1:] - base)
 
 

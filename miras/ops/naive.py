@@ -10,7 +10,7 @@ import torch
 
 from miras.memory.architecture import memory_forward
 from miras.memory.bias import upstream
-from miras.memory.retention import retention_map, retention_slope
+from miras.memory.retention import retention_map, retention_slope, retention_weights, slope_centers_rows
 from miras.ops.precision import compute_dtype, without_autocast
 from miras.ops.state import MirasState, Weights, check_inputs, resolve_state
 from miras.spec import MemorySpec
@@ -72,10 +72,12 @@ def recurrent_step(
     elif start:  # the lag token: the exact non-linear step; it anchors the rest of the chunk
         read = retention_map(spec, memory)
         anchor = read
-        slope = retention_slope(spec, memory) if spec.inchunk_steps == "scaled" else None
+        slope = (
+            retention_slope(spec, memory, retention_weights(spec, memory)) if spec.inchunk_steps == "scaled" else None
+        )
     else:  # inside the chunk the read weights evolve linearly from the lag token's (scaled by φ's slope there)
         if slope is not None:
-            if spec.retention == "kl":  # the softmax ignores a row's mean (chunk.centered_steps)
+            if slope_centers_rows(spec):
                 increment = tuple(w - w.mean(-1, keepdim=True) for w in increment)
             increment = tuple(s * w for s, w in zip(slope, increment))
         read = _add(_scale(a, state.read), increment)

@@ -39,17 +39,14 @@ def _random_specs(count: int, seed: int = 42) -> list[MemorySpec]:
     return specs
 
 
-_run = run_op
-
-
 def _state_tensors(state):
     return [*state.memory, *(state.momentum or ()), *(state.anchor or ()), *(state.read or ()), *(state.slope or ())]
 
 
 def assert_equivalent(spec: MemorySpec, T: int, chunk_size: int, seed: int = 0, grads: bool = True) -> None:
     q, k, v, gates, state, leaves = make_inputs(spec, T=T, seed=seed, requires_grad=grads)
-    o_ref, s_ref = _run(naive_recurrent_miras, spec, q, k, v, gates, state, chunk_size)
-    o, s = _run(chunk_miras, spec, q, k, v, gates, state, chunk_size)
+    o_ref, s_ref = run_op(naive_recurrent_miras, spec, q, k, v, gates, state, chunk_size)
+    o, s = run_op(chunk_miras, spec, q, k, v, gates, state, chunk_size)
     torch.testing.assert_close(o, o_ref, rtol=1e-9, atol=1e-9, msg=lambda m: f"output: {m}")
     assert s.offset == s_ref.offset == (0 if spec.per_token else T % chunk_size)
     for a, b in zip(_state_tensors(s), _state_tensors(s_ref), strict=True):
@@ -90,15 +87,15 @@ def test_chaining(preset, split):
     spec = presets.get(preset)
     T, chunk_size = 40, 8
     q, k, v, gates, state, _ = make_inputs(spec, T=T)
-    o_full, s_full = _run(chunk_miras, spec, q, k, v, gates, state, chunk_size)
+    o_full, s_full = run_op(chunk_miras, spec, q, k, v, gates, state, chunk_size)
 
     def part(x, lo, hi):
         return None if x is None else x[:, lo:hi]
 
     first = {n: part(g, 0, split) for n, g in gates.items()}
     second = {n: part(g, split, T) for n, g in gates.items()}
-    o1, s1 = _run(chunk_miras, spec, q[:, :split], k[:, :split], v[:, :split], first, state, chunk_size)
-    o2, s2 = _run(chunk_miras, spec, q[:, split:], k[:, split:], v[:, split:], second, s1, chunk_size)
+    o1, s1 = run_op(chunk_miras, spec, q[:, :split], k[:, :split], v[:, :split], first, state, chunk_size)
+    o2, s2 = run_op(chunk_miras, spec, q[:, split:], k[:, split:], v[:, split:], second, s1, chunk_size)
     torch.testing.assert_close(torch.cat([o1, o2], dim=1), o_full, rtol=1e-10, atol=1e-10)
     for a, b in zip(_state_tensors(s2), _state_tensors(s_full), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
@@ -123,7 +120,7 @@ def test_gated_deltanet_is_the_gated_delta_rule(mode):
     spec = presets.gated_deltanet()
     q, k, v, gates, state, _ = make_inputs(spec, T=33, V=5)
     fn = chunk_miras if mode == "chunk" else naive_recurrent_miras
-    o, s = _run(fn, spec, q, k, v, gates, state, 1)
+    o, s = run_op(fn, spec, q, k, v, gates, state, 1)
     o_ref, S_ref = _hand_written_gated_delta_rule(q, k, v, gates["eta"], gates["alpha"], state.memory[0])
     torch.testing.assert_close(o, o_ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(s.memory[0], S_ref, rtol=1e-12, atol=1e-12)
@@ -137,10 +134,10 @@ def test_low_precision_matches_float64(dtype, tol):
     q, k, v, gates, state, _ = make_inputs(spec, T=50, K=8, V=8)
     low = {n: None if g is None else g.to(dtype) for n, g in gates.items()}
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    o, s = _run(chunk_miras, spec, q, k, v, low, type(state)(tuple(w.float() for w in state.memory)), 16)
+    o, s = run_op(chunk_miras, spec, q, k, v, low, type(state)(tuple(w.float() for w in state.memory)), 16)
     assert o.dtype == dtype and s.memory[0].dtype == torch.float32
     as64 = {n: None if g is None else g.double() for n, g in low.items()}
-    o64, _ = _run(chunk_miras, spec, q.double(), k.double(), v.double(), as64, state, 16)
+    o64, _ = run_op(chunk_miras, spec, q.double(), k.double(), v.double(), as64, state, 16)
     torch.testing.assert_close(o.double(), o64, rtol=tol, atol=tol)
 
 
@@ -155,7 +152,7 @@ def test_float32_finite_for_large_norm_inputs(preset):
     if gates["delta"] is not None:
         gates["delta"] = gates["delta"] * 1e4
     q.requires_grad_(True)
-    o, s = _run(chunk_miras, spec, q, k, v, gates, state, 16)
+    o, s = run_op(chunk_miras, spec, q, k, v, gates, state, 16)
     assert torch.isfinite(o).all()
     assert all(torch.isfinite(w).all() for w in s.memory)
     o.square().mean().backward()
@@ -176,8 +173,8 @@ def test_gates_of_zero_are_hard_resets(preset):
         for name in ("alpha", "momentum"):
             if gates[name] is not None:
                 gates[name][:, erased + lag] = 0.0
-    o_ref, s_ref = _run(naive_recurrent_miras, spec, q, k, v, gates, state, 8)
-    o, s = _run(chunk_miras, spec, q, k, v, gates, state, 8)
+    o_ref, s_ref = run_op(naive_recurrent_miras, spec, q, k, v, gates, state, 8)
+    o, s = run_op(chunk_miras, spec, q, k, v, gates, state, 8)
     torch.testing.assert_close(o, o_ref, rtol=1e-9, atol=1e-9)
     for a, b in zip(_state_tensors(s), _state_tensors(s_ref), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
@@ -197,7 +194,7 @@ def test_zero_accumulator_has_finite_gradients(retention, q_exponent):
     spec = MemorySpec(memory="linear", bias="lp", retention=retention, q=q_exponent)
     q, k, v, gates, _, leaves = make_inputs(spec, T=20, requires_grad=True)
     zero = torch.zeros(2, 2, 4, 4, dtype=torch.float64, requires_grad=True)
-    o, _ = _run(chunk_miras, spec, q, k, v, gates, zero, 8)
+    o, _ = run_op(chunk_miras, spec, q, k, v, gates, zero, 8)
     grads = torch.autograd.grad(o.square().sum(), [*leaves[:5], zero])  # q, k, v, eta, alpha and the state
     assert all(torch.isfinite(g).all() for g in grads)
 

@@ -11,8 +11,8 @@ import torch
 
 from miras import presets
 from miras.ops import chunk_miras, naive_recurrent_miras, recurrent_step
-from tests.ops.inputs import make_inputs
-from tests.ops.test_chunk import _run, assert_equivalent
+from tests.ops.inputs import make_inputs, run_op
+from tests.ops.test_chunk import assert_equivalent
 
 
 def _hand_written_delta_rule(q, k, v, beta, alpha, W0, retained: bool):
@@ -47,7 +47,7 @@ def test_equals_the_hand_written_rule(preset, overrides, T, chunk_size):
     assert spec.per_token
     q, k, v, gates, state, _ = make_inputs(spec, T=T, V=5, K=6, seed=T)
     gates["eta"] = gates["eta"] * 20  # β up to 1: writes that interact strongly inside a chunk
-    o, s = _run(chunk_miras, spec, q, k, v, gates, state, chunk_size)
+    o, s = run_op(chunk_miras, spec, q, k, v, gates, state, chunk_size)
     o_ref, w_ref = _hand_written_delta_rule(
         q, k, v, gates["eta"], gates["alpha"], state.memory[0], spec.gradient_at == "retained"
     )
@@ -65,7 +65,7 @@ def test_gradients_equal_the_token_loop(preset, overrides, chunk_size):
 def test_chunk_size_does_not_change_the_function():
     spec = presets.gated_deltanet()
     q, k, v, gates, state, _ = make_inputs(spec, T=150, seed=3)
-    outs = [_run(chunk_miras, spec, q, k, v, gates, state, c) for c in (1, 7, 16, 64, 256)]
+    outs = [run_op(chunk_miras, spec, q, k, v, gates, state, c) for c in (1, 7, 16, 64, 256)]
     for o, s in outs[1:]:
         torch.testing.assert_close(o, outs[0][0], rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(s.memory[0], outs[0][1].memory[0], rtol=1e-12, atol=1e-12)
@@ -76,9 +76,9 @@ def test_per_chunk_is_a_different_function():
     exact, minibatch = presets.gated_deltanet(), presets.gated_deltanet(gradients="per_chunk")
     q, k, v, gates, state, _ = make_inputs(exact, T=64, seed=1)
     gates["eta"] = gates["eta"] * 20
-    o_exact, _ = _run(chunk_miras, exact, q, k, v, gates, state, 16)
-    o_mini, _ = _run(chunk_miras, minibatch, q, k, v, gates, state, 16)
-    o_mini_1, _ = _run(chunk_miras, minibatch, q, k, v, gates, state, 1)
+    o_exact, _ = run_op(chunk_miras, exact, q, k, v, gates, state, 16)
+    o_mini, _ = run_op(chunk_miras, minibatch, q, k, v, gates, state, 16)
+    o_mini_1, _ = run_op(chunk_miras, minibatch, q, k, v, gates, state, 1)
     torch.testing.assert_close(o_mini_1, o_exact, rtol=1e-12, atol=1e-12)
     assert (o_mini - o_exact).norm() / o_exact.norm() > 1e-3
 
@@ -88,11 +88,11 @@ def test_chaining(split):
     spec = presets.gated_deltanet()
     T, chunk_size = 64, 16
     q, k, v, gates, state, _ = make_inputs(spec, T=T, seed=split)
-    o_full, s_full = _run(chunk_miras, spec, q, k, v, gates, state, chunk_size)
+    o_full, s_full = run_op(chunk_miras, spec, q, k, v, gates, state, chunk_size)
     first = {n: None if g is None else g[:, :split] for n, g in gates.items()}
     second = {n: None if g is None else g[:, split:] for n, g in gates.items()}
-    o1, s1 = _run(chunk_miras, spec, q[:, :split], k[:, :split], v[:, :split], first, state, chunk_size)
-    o2, s2 = _run(chunk_miras, spec, q[:, split:], k[:, split:], v[:, split:], second, s1, chunk_size)
+    o1, s1 = run_op(chunk_miras, spec, q[:, :split], k[:, :split], v[:, :split], first, state, chunk_size)
+    o2, s2 = run_op(chunk_miras, spec, q[:, split:], k[:, split:], v[:, split:], second, s1, chunk_size)
     torch.testing.assert_close(torch.cat([o1, o2], dim=1), o_full, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(s2.memory[0], s_full.memory[0], rtol=1e-12, atol=1e-12)
 
@@ -103,9 +103,9 @@ def test_decode_continues_a_chunked_prefix(prefix):
     spec = presets.gated_deltanet()
     T, chunk_size = 30, 16
     q, k, v, gates, state, _ = make_inputs(spec, T=T, seed=prefix)
-    o_full, s_full = _run(chunk_miras, spec, q, k, v, gates, state, chunk_size)
+    o_full, s_full = run_op(chunk_miras, spec, q, k, v, gates, state, chunk_size)
     head = {n: None if g is None else g[:, :prefix] for n, g in gates.items()}
-    o_prefix, s = _run(chunk_miras, spec, q[:, :prefix], k[:, :prefix], v[:, :prefix], head, state, chunk_size)
+    o_prefix, s = run_op(chunk_miras, spec, q[:, :prefix], k[:, :prefix], v[:, :prefix], head, state, chunk_size)
     outs = [o_prefix]
     for t in range(prefix, T):
         o_t, s = recurrent_step(
@@ -128,8 +128,8 @@ def test_decode_continues_a_chunked_prefix(prefix):
 def test_naive_reference_ignores_chunk_size():
     spec = presets.deltanet()
     q, k, v, gates, state, _ = make_inputs(spec, T=20, seed=5)
-    o1, _ = _run(naive_recurrent_miras, spec, q, k, v, gates, state, 1)
-    o8, _ = _run(naive_recurrent_miras, spec, q, k, v, gates, state, 8)
+    o1, _ = run_op(naive_recurrent_miras, spec, q, k, v, gates, state, 1)
+    o8, _ = run_op(naive_recurrent_miras, spec, q, k, v, gates, state, 8)
     torch.testing.assert_close(o8, o1, rtol=0, atol=0)
 
 
