@@ -44,6 +44,33 @@ def plot_accuracy_vs_width(
     _save(fig, path)
 
 
+def plot_accuracy_curves(
+    panels: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]], path: str | os.PathLike, *, title: str = "MQAR"
+) -> None:
+    """Learning curves: accuracy against training step, one panel per key of `panels` (side by side, e.g. one per
+    model width) and one line per model in each.
+
+    panels: panel title -> model name -> [(step, accuracy in [0, 1]), ...]; empty panels are left out.
+    """
+    panels = {name: lines for name, lines in panels.items() if lines}
+    fig = Figure(figsize=(4.0 * max(1, len(panels)), 4.0), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, max(1, len(panels)), sharey=True, squeeze=False)[0]
+    for ax, (name, lines) in zip(axes, panels.items()):
+        for model, points in lines.items():
+            ax.plot(
+                [s for s, _ in points], [a for _, a in points], marker="o" if len(points) < 30 else None, label=model
+            )
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_ylabel("accuracy")
+    fig.suptitle(title)
+    _save(fig, path)
+
+
 def plot_niah_heatmap(
     accuracy: Mapping[tuple[int, float], float], path: str | os.PathLike, *, title: str = "needle in a haystack"
 ) -> None:

@@ -1,9 +1,11 @@
 """`miras recall mqar`: zoology's MQAR sweep: train each model from scratch per (sequence length, kv pairs, width,
 learning rate) and report test accuracy at the query positions.
 
-Writes mqar.md (accuracy per setting: the best over --lrs, zoology's convention), mqar.json (every run) and one
-accuracy-vs-width figure per (sequence length, kv pairs), one line per model, to --out. Results are saved after every
-run; rerunning the same command in the same folder skips the runs already done.
+Every run trains through `miras train`'s trainer (TrainConfig data "mqar") into its own run folder under --out/runs.
+Writes mqar.md (accuracy per setting: the median over --seeds at the best of --lrs, with the seeds' range),
+mqar.json (every run, with its learning curve) and per (sequence length, kv pairs) an accuracy-vs-width figure, one
+line per model, and a learning-curve figure, to --out. Results are saved after every run; rerunning the same command
+in the same folder skips the runs already done, and more seeds (or models, widths, lrs) add to it.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import argparse
 
 # CPU-sized defaults (zoology: seq lens 64-256, kv 4-64, widths 64-256, vocab 8192, 4 lrs, ~32 epochs on a GPU):
-# about 45 minutes on 2 CPU cores, most of it the MLP-memory models at width 128 (one head of dim 128: ~1 s/step for
-# Moneta); scale --steps, --widths, --seq-lens, --kv-pairs and --vocab-size up on a GPU.
+# about 45 minutes per seed on 2 CPU cores, most of it the MLP-memory models at width 128 (one head of dim 128: ~1 s/step
+# for Moneta); scale --steps, --widths, --seq-lens, --kv-pairs and --vocab-size up on a GPU.
 DEFAULT_MODELS = ("transformer", "gated_deltanet", "moneta", "yaad", "memora")
 DEFAULT_SEQ_LENS = (32,)
 DEFAULT_KV_PAIRS = (4,)
 DEFAULT_WIDTHS = (32, 64, 128)
 DEFAULT_LRS = (1e-3,)
+DEFAULT_SEEDS = (0, 1, 2)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -67,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         default=list(DEFAULT_LRS),
         metavar="LR",
-        help="learning rates; each point reports the best (default: %(default)s)",
+        help="learning rates; each point reports the one with the best median over seeds (default: %(default)s)",
     )
     parser.add_argument("--steps", type=int, default=600, help="AdamW steps per run (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64, help="examples per step (default: %(default)s)")
@@ -86,7 +89,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="training set size (default: steps x batch size, at most 100000)",
     )
     parser.add_argument("--test-examples", type=int, default=1000, help="test set size (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="data, initialization and batch order (default: 0)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_SEEDS),
+        metavar="SEED",
+        help="a run per seed (data, initialization and batch order); cells: median (min-max) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=-1, help="CPU threads per run (-1: all cores this process may use; default -1)"
+    )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="(default: auto)")
     parser.add_argument("--out", default="runs/mqar", metavar="DIR", help="output folder (default: %(default)s)")
     parser.set_defaults(run=run)
@@ -106,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
         args.lrs,
         steps=args.steps,
         batch_size=args.batch_size,
-        seed=args.seed,
+        seeds=args.seeds,
+        threads=args.threads,
         vocab_size=args.vocab_size,
         num_layers=args.layers,
         num_heads=args.heads,
@@ -119,5 +133,5 @@ def run(args: argparse.Namespace) -> int:
     records = mqar_sweep(sweep, args.out)
     print()
     print(mqar_table(records, sweep), end="")
-    print(f"\nwrote {args.out}/mqar.md, mqar.json and mqar-T<seq len>-kv<pairs>.png")
+    print(f"\nwrote {args.out}/mqar.md, mqar.json, mqar-T<seq len>-kv<pairs>[-curves].png and the run folders in runs/")
     return 1 if any("error" in r for r in records) else 0

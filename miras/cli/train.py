@@ -25,12 +25,17 @@ GROUPS: dict[str, dict[str, str]] = {
         "chunk_size": "override the memory's chunk size (tokens whose gradients share one anchor)",
     },
     "data": {
-        "data": "training text: 'sotu' (embedded State of the Union corpus) or a .txt / .jsonl file, folder or glob",
+        "data": "training text: 'sotu' (embedded State of the Union corpus) or a .txt / .jsonl file, folder or glob; "
+        "or 'mqar': multi-query associative recall with a vocabulary of --vocab-size (no tokenizer, no --val-data)",
         "val_data": "validation sets, the first one primary: a corpus name (its validation split), the --data spec "
         "(its held-out last 5%%) or another path (all of it); default: the --data held-out part, then wiki",
         "tokenizer": "bpe (trained on --data: sotu's training addresses, or all of a file spec, held-out part included) or gpt2",
         "vocab_size": "vocabulary of the trained BPE",
         "cache_dir": "token cache folder (default ~/.cache/miras/tokens)",
+        "mqar_kv_pairs": "--data mqar: key-value pairs per sequence (4 x pairs <= --seq-len)",
+        "mqar_train_examples": "--data mqar: training set size (-1: max steps x batch size, at most 100000)",
+        "mqar_test_examples": "--data mqar: test set size, disjoint from the training set",
+        "mqar_power_a": "--data mqar: power law of the query gaps (small: queries close to their keys; 1: uniform)",
     },
     "optimization": {
         "seq_len": "tokens per training sequence (-1: the size's context, 256 for tiny)",
@@ -64,7 +69,8 @@ GROUPS: dict[str, dict[str, str]] = {
         + " may be given with it",
         "device": "auto, cpu or cuda",
         "dtype": "auto (float32 on CPU, bf16 autocast on CUDA), float32 or bfloat16",
-        "threads": "CPU threads (-1: all cores this process may use)",
+        "threads": "CPU threads (default here 0: the first steps probe 1 thread against all cores and keep the faster; "
+        "-1: all cores this process may use, the library's default)",
         "compile": "torch.compile the model for training; its memory ops compile their chunk steps (8 chunks per call), "
         "outside the model graph (compile time independent of the sequence length; ~1.5 min cold on 2 cores)",
         "tf32": "CUDA only: run float32 matmuls on TF32 tensor cores (10-bit mantissa), the memory op's included: it "
@@ -103,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         # The command's default is a time budget (TrainConfig's is a step count): with neither flag, 8 minutes.
         given.setdefault("max_steps", -1)
+        given.setdefault("threads", 0)  # the command probes (TrainConfig's -1 does not)
         if given["max_steps"] == -1:
             given.setdefault("max_minutes", DEFAULT_MINUTES)
         config = TrainConfig(**given)
@@ -117,10 +124,11 @@ def run(args: argparse.Namespace) -> int:
     if not result.is_main:  # under torchrun, rank 0 reports
         return 0
     minutes, seconds = divmod(time.perf_counter() - start, 60)
-    print(
-        f"validation perplexity {result.val_ppl:.1f} (unigram baseline {result.unigram_ppl:.1f}); "
-        f"run folder {result.run_dir}; {int(minutes)}m{seconds:02.0f}s"
-    )
+    if "accuracy" in next(iter(result.evals.values())):  # --data mqar
+        scores = f"MQAR test accuracy {result.accuracy:.3f}"
+    else:
+        scores = f"validation perplexity {result.val_ppl:.1f} (unigram baseline {result.unigram_ppl:.1f})"
+    print(f"{scores}; run folder {result.run_dir}; {int(minutes)}m{seconds:02.0f}s")
     return 0
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import shutil
 import traceback
 from collections.abc import Callable, Sequence
@@ -47,7 +46,7 @@ from miras.run.folder import CONFIG_FILE, TOKENIZER_DIR, MetricsLog, read_config
 from miras.spec import MemorySpec
 from miras.train import ConfigError, TrainConfig, train
 from miras.train.config import absolute_spec
-from miras.train.setup import train_tokenizer
+from miras.train.lm_task import train_tokenizer
 
 DEFAULT_MODELS = ("moneta", "yaad", "memora", "gated_deltanet", "titans", "transformer")
 MODELS = (*PRESETS, TRANSFORMER)
@@ -304,7 +303,7 @@ def _run_candidate(
         log(f"  LM FAILED: {row['errors']['lm']}")
     if config.mqar_steps:
         try:
-            row["mqar"] = _mqar(model_config, config, device)
+            row["mqar"] = _mqar(model_config, config, device, out_dir / RUNS_DIR / f"{c.name}-mqar")
             log(f"  MQAR accuracy {row['mqar']['accuracy']:.3f} ({row['mqar']['seconds']:.0f} s)")
         except Exception as e:  # noqa: BLE001 - as above
             row["errors"]["mqar"] = _describe(e)
@@ -374,13 +373,14 @@ def _train_config(
         seed=config.seed,
         out_dir=str(run_dir),
         device=config.device,
-        threads=_threads(config),
+        threads=config.threads,  # -1: every core, fixed: a probe per model would make the runs differ in more
         progress=config.progress,
         cache_dir=config.cache_dir,
     )
 
 
-def _mqar(model_config: ModelConfig, config: CompareConfig, device: torch.device) -> dict:
+def _mqar(model_config: ModelConfig, config: CompareConfig, device: torch.device, run_dir: Path) -> dict:
+    """The LM's architecture trained from scratch on MQAR through `miras.train.train`, in its own run folder."""
     from miras.experiments.mqar import train_mqar
 
     mqar_config = dataclasses.replace(
@@ -395,6 +395,8 @@ def _mqar(model_config: ModelConfig, config: CompareConfig, device: torch.device
         lr=config.mqar_lr,
         seed=config.seed,
         device=device,
+        threads=config.threads,
+        run_dir=run_dir,
     )
     return result.to_dict()
 
@@ -505,13 +507,6 @@ def _write_results(
     curves = {row["label"]: row["lm"]["train_loss"] for row in shown if row.get("lm", {}).get("train_loss")}
     if curves:
         plot_loss_curves(curves, out_dir / LOSS_PLOT, title=f"{title}: training loss")
-
-
-def _threads(config: CompareConfig) -> int:
-    """--threads -1 means every core this process may use, fixed: the trainer's one-thread/all-core probe is for a
-    lone `miras train`, and a thread count chosen per model by timing would make the runs differ in more than the
-    model (float sums split over other thread counts)."""
-    return config.threads if config.threads != -1 else len(os.sched_getaffinity(0))
 
 
 def _store(out_dir: Path, config: CompareConfig) -> ResultsStore:

@@ -4,8 +4,10 @@ zoology (HazyResearch) trains each model from scratch on MQAR examples with Adam
 a disjoint test split, and scores the argmax prediction at the query positions only (every other label is
 IGNORE_INDEX). Its figure plots test accuracy against model width, one line per model and one panel per
 (sequence length, number of key-value pairs), taking for each point the best accuracy over a small learning-rate
-sweep. `train_mqar` is one such run; `mqar_sweep` is the grid; `write_mqar_report` writes the table, the JSON and the
-figures. The task itself is `miras.data.synthetic.mqar_splits`.
+sweep. `train_mqar` is one such run, trained by `miras.train.train` (TrainConfig data "mqar", the trainer's MQAR task
+in miras/train/mqar_task.py) into a run folder of its own; `mqar_sweep` is the grid, over seeds too;
+`write_mqar_report` writes the table (per point: the median over seeds at the learning rate with the best median,
+and the seeds' range), the JSON and the figures (accuracy against width, and learning curves).
 
 Differences from zoology, all for CPU budgets: the defaults are far smaller (zoology trains 2-layer models of width
 64-256 for 32 epochs of 20k-100k examples at batch 256, vocabulary 8192); the step budget is counted in optimizer
@@ -15,11 +17,15 @@ is part of every Miras layer, as zoology's BaseConv is part of its models; atten
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
+import shutil
+import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,25 +33,28 @@ import torch
 from miras.checks import check_int
 from miras.config import TRANSFORMER, ModelConfig
 from miras.data.synthetic import mqar_splits
-from miras.eval.mqar import evaluate_mqar
 from miras.experiments.results import ResultsStore
 from miras.io_atomic import write_text_atomic
 from miras.models import MirasLM
 from miras.presets import PRESETS
-from miras.train.config import ConfigError
-from miras.train.optim import build_optimizer
-from miras.train.step import train_step
+from miras.run.checkpoint import CheckpointError, resumable_checkpoint
+from miras.run.folder import CONFIG_FILE, MetricsLog
+from miras.train import TrainConfig, train
+from miras.train.config import MAX_MQAR_TRAIN_EXAMPLES, MQAR, ConfigError
 
 MODELS = (TRANSFORMER, *PRESETS)
 RESULTS_FILE = "mqar.json"
 TABLE_FILE = "mqar.md"
-MAX_TRAIN_EXAMPLES = 100_000  # zoology's largest training set; longer runs cycle through it in epochs
+RUNS_DIR = "runs"  # a sweep's run folders, one per (model, width, seq len, kv pairs, lr, seed)
+MAX_TRAIN_EXAMPLES = MAX_MQAR_TRAIN_EXAMPLES
+CURVE_POINTS = 10  # periodic evaluations per run (the learning curve), besides the one at step 0
 
 
 @dataclass(frozen=True)
 class MQARResult:
     """One MQAR run. accuracy: argmax == target over the query positions of the test split, in [0, 1] (zoology's
-    metric); test_loss: mean cross-entropy (nats) there; train_loss: mean over the last tenth of the steps."""
+    metric); test_loss: mean cross-entropy (nats) there; train_loss: the mean over the last logged window (a tenth
+    of the steps); curve: [step, accuracy] of every evaluation; run_dir: the run folder ("" for a temporary one)."""
 
     model: str
     width: int
@@ -60,6 +69,8 @@ class MQARResult:
     train_loss: float
     num_parameters: int
     seconds: float
+    curve: list = field(default_factory=list)
+    run_dir: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,6 +92,55 @@ def mqar_model_config(
     )
 
 
+def mqar_train_config(
+    model_config: ModelConfig,
+    *,
+    seq_len: int,
+    num_kv_pairs: int,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    train_examples: int | None = None,
+    test_examples: int = 1000,
+    weight_decay: float = 0.1,
+    power_a: float = 0.01,
+    eval_every: int | None = None,
+    device: str | torch.device = "cpu",
+    threads: int = -1,
+    progress: bool = False,
+) -> TrainConfig:
+    """The TrainConfig of one MQAR run (see `train_mqar`); a bad value is a ConfigError naming the field."""
+    tenth = max(1, steps // CURVE_POINTS) if isinstance(steps, int) and steps > 0 else 1
+    return TrainConfig(
+        model=model_config,
+        data=MQAR,
+        vocab_size=model_config.vocab_size,
+        seq_len=seq_len,
+        mqar_kv_pairs=num_kv_pairs,
+        mqar_train_examples=-1 if train_examples is None else train_examples,
+        mqar_test_examples=test_examples,
+        mqar_power_a=power_a,
+        batch_size=batch_size,
+        lr=lr,
+        # Warm-up: Miras gates and memories start at designed values that a full-size first step can knock far off.
+        warmup_steps=tenth,
+        min_lr_ratio=0.0,
+        max_steps=steps,
+        max_minutes=-1,
+        weight_decay=weight_decay,
+        grad_clip=1.0,
+        log_every=tenth,
+        eval_every=eval_every or tenth,
+        save_every=-1,  # the checkpoint at the end (and on Ctrl-C) only
+        sample_tokens=0,
+        seed=seed,
+        device=torch.device(device).type,
+        threads=threads,  # -1: all cores, no probe; deterministic
+        progress=progress,
+    )
+
+
 def train_mqar(
     model_config: ModelConfig,
     *,
@@ -94,68 +154,62 @@ def train_mqar(
     test_examples: int = 1000,
     weight_decay: float = 0.1,
     power_a: float = 0.01,
+    eval_every: int | None = None,
     device: str | torch.device = "cpu",
+    threads: int = -1,
     name: str | None = None,
+    run_dir: str | Path | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> MQARResult:
-    """Train `MirasLM(model_config)` from scratch on MQAR and score it on a disjoint test split.
+    """Train `MirasLM(model_config)` from scratch on MQAR with `miras.train.train` and score it on a disjoint test
+    split.
 
     The task's vocabulary is the model's (`model_config.vocab_size`). train_examples: the size of the training set
     (None: steps * batch_size, capped at MAX_TRAIN_EXAMPLES, so that a short run never sees an example twice);
     batches walk through it in a fresh seeded order each epoch. AdamW (weight decay on matrices only, as in
     `miras train`), a linear warm-up over the first tenth of the steps, then a cosine to zero; gradients clipped to
-    norm 1. `seed` fixes the data, the initialization and the batch order. name: the model's label in the result
+    norm 1. `seed` fixes the data, the initialization and the batch order. eval_every: steps between evaluations
+    on the test split (the learning curve; None: a tenth of the steps). name: the model's label in the result
     (default: the preset).
+
+    run_dir: the run folder (None: a temporary one, deleted after). A folder holding a run from before is continued
+    from its checkpoint (one interrupted with Ctrl-C, or a finished one: only its final evaluation runs again); one
+    without a checkpoint (killed before the end) is started again. log: the trainer's lines (default: none).
     """
-    _check_positive("steps", steps)
-    _check_positive("batch_size", batch_size)
-    _check_positive("test_examples", test_examples)
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    if train_examples is None:
-        train_examples = min(steps * batch_size, MAX_TRAIN_EXAMPLES)
-    _check_positive("train_examples", train_examples)
-    device = torch.device(device)
-    start = time.perf_counter()
-    data = mqar_splits(
-        seq_len,
-        num_kv_pairs,
-        model_config.vocab_size,
+    config = mqar_train_config(
+        model_config,
+        seq_len=seq_len,
+        num_kv_pairs=num_kv_pairs,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
         train_examples=train_examples,
         test_examples=test_examples,
-        seed=seed,
-        power_a=power_a,
-    )
-    torch.manual_seed(seed)
-    model = MirasLM(model_config).to(device)
-    # The trainer's optimizer (miras/train/optim.py). Warm-up: Miras gates and memories start at designed values that
-    # a full-size first step can knock far off.
-    optimizer, scheduler, _ = build_optimizer(
-        model,
-        lr=lr,
         weight_decay=weight_decay,
-        betas=(0.9, 0.95),
-        warmup=max(1, steps // 10),
-        total=steps,
-        min_ratio=0.0,
+        power_a=power_a,
+        eval_every=eval_every,
         device=device,
+        threads=threads,
+        progress=progress,
     )
-    order = torch.Generator().manual_seed(seed)
-    perm, cursor = torch.randperm(train_examples, generator=order), 0
-    losses = []
-    model.train()
-    for _ in range(steps):
-        if cursor + batch_size > train_examples:  # a new epoch: reshuffle (the incomplete tail batch is dropped)
-            perm, cursor = torch.randperm(train_examples, generator=order), 0
-        rows = perm[cursor : cursor + min(batch_size, train_examples)]
-        cursor += len(rows)
-        batch = [(data.train.inputs[rows].to(device), data.train.labels[rows].to(device))]
-        # MQAR labels are aligned with the outputs (labels[:, t] scores logits[:, t]), which is what train_step wants.
-        loss, _ = train_step(model, optimizer, scheduler, batch, grad_clip=1.0)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"MQAR training loss is {loss} at step {len(losses)}; try a lower lr")
-        losses.append(loss)
-    test = evaluate_mqar(model, data.test, batch_size=max(batch_size, 64), device=device)
-    tail = losses[-max(1, steps // 10) :]
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mqar-") if run_dir is None else contextlib.nullcontext(run_dir) as folder:
+        folder = Path(folder) / "run" if run_dir is None else Path(folder)
+        config = config.replace(out_dir=str(folder))
+        if (folder / CONFIG_FILE).is_file():
+            try:
+                resumable_checkpoint(folder)
+                config = config.replace(resume=str(folder))
+            except CheckpointError:  # stopped before its only save: nothing to continue
+                shutil.rmtree(folder)
+        result = train(config, log=log or _quiet)
+        records = MetricsLog(folder).read()
+    curve = {r["step"]: r["accuracy"] for r in records if r["event"] == "eval"}
+    train_loss = [r["loss"] for r in records if r["event"] == "train"]
+    with torch.device("meta"):
+        num_parameters = MirasLM(model_config).num_parameters()
     return MQARResult(
         model=name or model_config.preset,
         width=model_config.hidden_size,
@@ -165,17 +219,23 @@ def train_mqar(
         steps=steps,
         batch_size=batch_size,
         seed=seed,
-        accuracy=test.accuracy,
-        test_loss=test.mean_nll,
-        train_loss=sum(tail) / len(tail),
-        num_parameters=model.num_parameters(),
+        accuracy=result.accuracy,
+        test_loss=result.evals["mqar"]["loss"],
+        train_loss=train_loss[-1] if train_loss else math.nan,
+        num_parameters=num_parameters,
         seconds=time.perf_counter() - start,
+        curve=[[step, accuracy] for step, accuracy in sorted(curve.items())],
+        run_dir="" if run_dir is None else str(run_dir),
     )
+
+
+def _quiet(message: str) -> None:
+    """The trainer's log of an MQAR run: the sweep prints one line per run instead."""
 
 
 @dataclass(frozen=True)
 class MQARSweep:
-    """The grid of `mqar_sweep`: models x (seq_len, num_kv_pairs) settings x widths x learning rates."""
+    """The grid of `mqar_sweep`: seeds x models x (seq_len, num_kv_pairs) settings x widths x learning rates."""
 
     models: tuple[str, ...]
     settings: tuple[tuple[int, int], ...]  # (seq_len, num_kv_pairs), only those the task allows
@@ -183,19 +243,28 @@ class MQARSweep:
     lrs: tuple[float, ...]
     steps: int
     batch_size: int
-    seed: int = 0
+    seeds: tuple[int, ...] = (0, 1, 2)
     vocab_size: int = 256
     num_layers: int = 2
     num_heads: int = 1
     train_examples: int | None = None
     test_examples: int = 1000
+    curve_points: int = CURVE_POINTS  # evaluations per run after step 0: eval_every = steps // curve_points
     device: str = "cpu"
+    threads: int = -1  # CPU threads of every run (-1: all cores this process may use; never a probe)
+
+    @property
+    def eval_every(self) -> int:
+        return max(1, self.steps // self.curve_points)
 
     def runs(self) -> list[dict]:
-        """The keyword arguments of every `train_mqar` call except the model config, plus "model" and "width"."""
+        """The keys of every run: model, width, seq_len, num_kv_pairs, lr and seed. Seed by seed, so that a sweep
+        stopped early has whole seeds done."""
         return [
-            dict(model=m, width=w, seq_len=t, num_kv_pairs=k, lr=lr)
-            for (t, k), m, w, lr in itertools.product(self.settings, self.models, self.widths, self.lrs)
+            dict(model=m, width=w, seq_len=t, num_kv_pairs=k, lr=lr, seed=seed)
+            for seed, (t, k), m, w, lr in itertools.product(
+                self.seeds, self.settings, self.models, self.widths, self.lrs
+            )
         ]
 
     def model_config(self, model: str, width: int, seq_len: int) -> ModelConfig:
@@ -243,6 +312,12 @@ def make_sweep(
     for lr in lrs:
         if not (math.isfinite(lr) and lr > 0):
             raise ConfigError("lrs", f"learning rates must be finite and > 0, got {lr}")
+    seeds = tuple(dict.fromkeys(options.pop("seeds", (0, 1, 2))))
+    if not seeds:
+        raise ConfigError("seeds", "give at least one value")
+    for seed in seeds:
+        check_int("seeds", seed, 0, error=ConfigError)
+    check_int("curve_points", options.get("curve_points", CURVE_POINTS), error=ConfigError)
     _check_positive("steps", steps, ConfigError)
     _check_positive("batch_size", batch_size, ConfigError)
     pairs = [(t, k) for t in dict.fromkeys(seq_lens) for k in dict.fromkeys(kv_pairs)]
@@ -259,6 +334,7 @@ def make_sweep(
         settings=settings,
         widths=tuple(sorted(set(widths))),
         lrs=tuple(dict.fromkeys(float(lr) for lr in lrs)),
+        seeds=seeds,
         steps=steps,
         batch_size=batch_size,
         **options,
@@ -275,6 +351,11 @@ def make_sweep(
             mqar_splits(seq_len, kv, sweep.vocab_size, train_examples=1, test_examples=1, seed=0)
         except ValueError as e:
             raise ConfigError("vocab_size", str(e)) from None
+    try:  # the trainer's own checks of the rest (batch size, test examples, device, threads)
+        _train_config(sweep, sweep.runs()[0])
+    except ConfigError as e:
+        field = {"mqar_train_examples": "train_examples", "mqar_test_examples": "test_examples"}.get(e.field, e.field)
+        raise ConfigError(field, str(e).split(": ", 1)[1]) from None
     return sweep, skipped
 
 
@@ -287,8 +368,10 @@ def mqar_sweep(
     """Run every point of `sweep`; returns one record per run: MQARResult.to_dict(), or the run's keys plus "error"
     when it failed (a diverging or crashing model is reported, not fatal to the sweep).
 
-    With out_dir, records are written to out_dir/mqar.json after every run (atomically), the table and figures are
-    refreshed, and a rerun with the same sweep skips the runs already recorded without an error.
+    With out_dir, each run trains in its own run folder, out_dir/runs/<model>-w<width>-T<seq len>-kv<pairs>-lr<lr>-
+    s<seed>; records are written to out_dir/mqar.json after every run (atomically), the table and figures are
+    refreshed, and a rerun with the same sweep skips the runs already recorded without an error (more seeds, lrs,
+    models, widths or settings add runs to the same folder). Without out_dir the runs train in temporary folders.
     """
     runs = sweep.runs()
     keys = [_run_key(run) for run in runs]
@@ -300,8 +383,9 @@ def mqar_sweep(
             continue
         label = (
             f"[{i}/{len(runs)}] {run['model']} width {run['width']} seq_len {run['seq_len']} kv "
-            f"{run['num_kv_pairs']} lr {run['lr']:g}"
+            f"{run['num_kv_pairs']} lr {run['lr']:g} seed {run['seed']}"
         )
+        run_dir = None if out_dir is None else Path(out_dir) / RUNS_DIR / run_name(run)
         try:
             result = train_mqar(
                 sweep.model_config(run["model"], run["width"], run["seq_len"]),
@@ -310,13 +394,16 @@ def mqar_sweep(
                 steps=sweep.steps,
                 batch_size=sweep.batch_size,
                 lr=run["lr"],
-                seed=sweep.seed,
+                seed=run["seed"],
                 train_examples=sweep.train_examples,
                 test_examples=sweep.test_examples,
+                eval_every=sweep.eval_every,
                 device=sweep.device,
+                threads=sweep.threads,
                 name=run["model"],
+                run_dir=run_dir,
             )
-            by_key[key] = result.to_dict()
+            by_key[key] = {**result.to_dict(), "run_dir": "" if run_dir is None else f"{RUNS_DIR}/{run_name(run)}"}
             log(f"{label}: accuracy {result.accuracy:.3f} ({result.seconds:.0f} s)")
         except (RuntimeError, FloatingPointError) as e:  # a model that diverges or breaks; bad input fails earlier
             by_key[key] = {**run, "error": f"{type(e).__name__}: {e}"}
@@ -329,52 +416,92 @@ def mqar_sweep(
     return records
 
 
-def best_over_lrs(records: Sequence[dict]) -> dict[tuple[str, int, int, int], dict]:
-    """(model, seq_len, num_kv_pairs, width) -> the record with the highest accuracy over the learning rates (zoology's
-    figure takes this maximum); a point whose every run failed maps to one of its error records."""
-    best: dict[tuple[str, int, int, int], dict] = {}
+def run_name(run: dict) -> str:
+    """A run's folder name under out_dir/runs: model, width, seq len, kv pairs, lr and seed."""
+    return f"{run['model']}-w{run['width']}-T{run['seq_len']}-kv{run['num_kv_pairs']}-lr{run['lr']:g}-s{run['seed']}"
+
+
+def summarize(records: Sequence[dict]) -> dict[tuple[str, int, int, int], dict]:
+    """(model, seq_len, num_kv_pairs, width) -> the point's summary over seeds. For each learning rate the median
+    accuracy over the seeds that finished; the point takes the lr with the highest median (zoology takes the best
+    lr too) and reports {"lr", "median", "min", "max", "seeds" (finished), "curves" ([step, accuracy] lists, one
+    per seed)} there. A point none of whose runs finished maps to {"error": one of its errors}."""
+    by_point: dict[tuple, dict[float, list[dict]]] = {}
+    errors: dict[tuple, str] = {}
     for r in records:
         key = (r["model"], r["seq_len"], r["num_kv_pairs"], r["width"])
-        current = best.get(key)
-        if (
-            current is None
-            or ("error" in current and "error" not in r)
-            or ("error" not in r and r["accuracy"] > current["accuracy"])
-        ):
-            best[key] = r
-    return best
+        if "error" in r:
+            errors.setdefault(key, r["error"])
+        else:
+            by_point.setdefault(key, {}).setdefault(float(r["lr"]), []).append(r)
+    summary: dict[tuple, dict] = {key: {"error": error} for key, error in errors.items()}
+    for key, by_lr in by_point.items():
+        medians = {lr: statistics.median(r["accuracy"] for r in done) for lr, done in by_lr.items()}
+        lr = max(medians, key=medians.get)
+        accuracies = [r["accuracy"] for r in by_lr[lr]]
+        summary[key] = {
+            "lr": lr,
+            "median": medians[lr],
+            "min": min(accuracies),
+            "max": max(accuracies),
+            "seeds": len(accuracies),
+            "curves": [r.get("curve", []) for r in by_lr[lr]],
+        }
+    return summary
+
+
+def median_curve(curves: Sequence[Sequence[Sequence[float]]]) -> list[tuple[int, float]]:
+    """The per-step median of learning curves ([step, accuracy] lists) over the curves that reach each step."""
+    by_step: dict[int, list[float]] = {}
+    for curve in curves:
+        for step, accuracy in curve:
+            by_step.setdefault(int(step), []).append(accuracy)
+    return [(step, statistics.median(values)) for step, values in sorted(by_step.items())]
 
 
 def mqar_table(records: Sequence[dict], sweep: MQARSweep) -> str:
-    """Markdown: one row per (seq_len, kv, model), one column per width; cells are the best accuracy over the lrs
-    in percent, "failed" where every run of that point failed and "" where it has not run yet."""
-    best = best_over_lrs(records)
+    """Markdown: one row per (seq_len, kv, model), one column per width; a cell is the median accuracy (%) over the
+    seeds at the best lr (`summarize`), the seeds' range and how many finished, "failed" where every run of that
+    point failed and "" where none has run yet."""
+    summary = summarize(records)
     header = "| seq len | kv pairs | model | " + " | ".join(f"d={w}" for w in sweep.widths) + " |"
     lines = [header, "|" + " --- |" * (3 + len(sweep.widths))]
     for (seq_len, kv), model in itertools.product(sweep.settings, sweep.models):
-        cells = []
-        for width in sweep.widths:
-            r = best.get((model, seq_len, kv, width))
-            cells.append("" if r is None else "failed" if "error" in r else f"{100 * r['accuracy']:.1f}")
+        cells = [_cell(summary.get((model, seq_len, kv, width)), sweep) for width in sweep.widths]
         lines.append(f"| {seq_len} | {kv} | {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+def _cell(point: dict | None, sweep: MQARSweep) -> str:
+    if point is None:
+        return ""
+    if "error" in point:
+        return "failed"
+    seeds = f"{point['seeds']}/{len(sweep.seeds)} seeds"
+    spread = f"{100 * point['min']:.1f}–{100 * point['max']:.1f}, " if point["seeds"] > 1 else ""
+    lr = f", lr {point['lr']:g}" if len(sweep.lrs) > 1 else ""
+    return f"{100 * point['median']:.1f} ({spread}{seeds}{lr})"
+
+
 def write_mqar_report(records: Sequence[dict], sweep: MQARSweep, out_dir: str | Path) -> None:
-    """out_dir/mqar.json (sweep + records), mqar.md (table, budget, failures) and one accuracy-vs-width figure per
-    (seq_len, kv) setting, mqar-T{seq_len}-kv{kv}.png. Every file is replaced atomically."""
-    from miras.plots import plot_accuracy_vs_width  # loads matplotlib
+    """out_dir/mqar.json (sweep + records), mqar.md (table, budget, failures) and per (seq_len, kv) setting two
+    figures: accuracy against width, mqar-T{seq_len}-kv{kv}.png, and the learning curves (accuracy against step, the
+    median over seeds at the best lr, one panel per width), mqar-T{seq_len}-kv{kv}-curves.png. Every file is
+    replaced atomically."""
+    from miras.plots import plot_accuracy_curves, plot_accuracy_vs_width  # loads matplotlib
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _store(out_dir, sweep).save({"sweep": _sweep_dict(sweep), "runs": list(records)}, indent=2)
     failures = [r for r in records if "error" in r]
     text = [
-        "# MQAR: test accuracy (%) at the query positions, best over learning rates",
+        "# MQAR: test accuracy (%) at the query positions",
         "",
         f"{sweep.num_layers}-layer models, {sweep.num_heads} head(s), vocabulary {sweep.vocab_size}; "
         f"{sweep.steps} AdamW steps of batch {sweep.batch_size}, lrs {', '.join(f'{lr:g}' for lr in sweep.lrs)}; "
-        f"{sweep.test_examples} test examples disjoint from the training set; seed {sweep.seed}.",
+        f"{sweep.test_examples} test examples disjoint from the training set; seeds "
+        f"{', '.join(map(str, sweep.seeds))}. Each cell: the median over seeds at the learning rate with the best "
+        "median, (the seeds' min–max, the seeds finished).",
         "",
         mqar_table(records, sweep),
     ]
@@ -382,28 +509,34 @@ def write_mqar_report(records: Sequence[dict], sweep: MQARSweep, out_dir: str | 
         text += (
             ["## Failed runs", ""]
             + [
-                f"- {r['model']} width {r['width']} seq len {r['seq_len']} kv {r['num_kv_pairs']} lr {r['lr']:g}: "
-                f"{r['error']}"
+                f"- {r['model']} width {r['width']} seq len {r['seq_len']} kv {r['num_kv_pairs']} lr {r['lr']:g} "
+                f"seed {r['seed']}: {r['error']}"
                 for r in failures
             ]
             + [""]
         )
     write_text_atomic(out_dir / TABLE_FILE, "\n".join(text))
-    best = best_over_lrs(records)
+    summary = summarize(records)
     for seq_len, kv in sweep.settings:
-        curves = {
-            model: {
-                w: best[(model, seq_len, kv, w)]["accuracy"]
-                for w in sweep.widths
-                if "accuracy" in best.get((model, seq_len, kv, w), {})
-            }
+        points = {(m, w): summary.get((m, seq_len, kv, w), {}) for m in sweep.models for w in sweep.widths}
+        by_width = {
+            model: {w: points[(model, w)]["median"] for w in sweep.widths if "median" in points[(model, w)]}
             for model in sweep.models
         }
-        curves = {model: c for model, c in curves.items() if c}
-        if curves:
-            plot_accuracy_vs_width(
-                curves, out_dir / f"mqar-T{seq_len}-kv{kv}.png", title=f"MQAR: seq len {seq_len}, {kv} kv pairs"
-            )
+        by_width = {model: c for model, c in by_width.items() if c}
+        if not by_width:
+            continue
+        title = f"MQAR: seq len {seq_len}, {kv} kv pairs"
+        plot_accuracy_vs_width(by_width, out_dir / f"mqar-T{seq_len}-kv{kv}.png", title=title)
+        panels = {
+            f"d={w}": {
+                model: median_curve(points[(model, w)]["curves"])
+                for model in sweep.models
+                if any(points[(model, w)].get("curves", []))
+            }
+            for w in sweep.widths
+        }
+        plot_accuracy_curves(panels, out_dir / f"mqar-T{seq_len}-kv{kv}-curves.png", title=title)
 
 
 def _check_positive(name: str, value: object, error: Callable[[str, str], ValueError] | None = None) -> None:
@@ -413,20 +546,41 @@ def _check_positive(name: str, value: object, error: Callable[[str, str], ValueE
 def _sweep_dict(sweep: MQARSweep) -> dict:
     data = asdict(sweep)
     data["settings"] = [list(s) for s in sweep.settings]
-    for name in ("models", "widths", "lrs"):
+    for name in ("models", "widths", "lrs", "seeds"):
         data[name] = list(data[name])
     return data
 
 
 def _run_key(record: dict) -> tuple:
-    return record["model"], record["width"], record["seq_len"], record["num_kv_pairs"], float(record["lr"])
+    r = record
+    return r["model"], r["width"], r["seq_len"], r["num_kv_pairs"], float(r["lr"]), r["seed"]
+
+
+def _train_config(sweep: MQARSweep, run: dict) -> TrainConfig:
+    """The TrainConfig of one of the sweep's runs (what train_mqar trains)."""
+    return mqar_train_config(
+        sweep.model_config(run["model"], run["width"], run["seq_len"]),
+        seq_len=run["seq_len"],
+        num_kv_pairs=run["num_kv_pairs"],
+        steps=sweep.steps,
+        batch_size=sweep.batch_size,
+        lr=run["lr"],
+        seed=run["seed"],
+        train_examples=sweep.train_examples,
+        test_examples=sweep.test_examples,
+        eval_every=sweep.eval_every,
+        device=sweep.device,
+        threads=sweep.threads,
+    )
 
 
 def _budget(sweep: MQARSweep) -> dict:
     """The fields that change what a run computes, apart from its own keys: records made under other values are not
-    reused."""
+    reused. (A file from before seeds and learning curves lacks curve_points, so it is refused as another budget.)"""
     data = _sweep_dict(sweep)
-    return {k: v for k, v in data.items() if k not in ("models", "settings", "widths", "lrs", "device")}
+    return {
+        k: v for k, v in data.items() if k not in ("models", "settings", "widths", "lrs", "seeds", "device", "threads")
+    }
 
 
 def _store(out_dir: str | Path, sweep: MQARSweep) -> ResultsStore:
@@ -442,11 +596,14 @@ __all__ = [
     "MODELS",
     "MQARResult",
     "MQARSweep",
-    "best_over_lrs",
     "make_sweep",
+    "median_curve",
     "mqar_model_config",
     "mqar_sweep",
     "mqar_table",
+    "mqar_train_config",
+    "run_name",
+    "summarize",
     "train_mqar",
     "write_mqar_report",
 ]

