@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 
 # CPU-sized defaults (zoology: seq lens 64-256, kv 4-64, widths 64-256, vocab 8192, 4 lrs, ~32 epochs on a GPU):
-# about 45 minutes per seed on 2 CPU cores, most of it the MLP-memory models at width 128 (one head of dim 128: ~1 s/step
-# for Moneta); scale --steps, --widths, --seq-lens, --kv-pairs and --vocab-size up on a GPU.
+# about 45 minutes per seed on 2 CPU cores, most of it the MLP-memory models at width 128 (one head of dim 128:
+# ~1 s/step for Moneta); scale --steps, --widths, --seq-lens, --kv-pairs and --vocab-size up on a GPU.
 DEFAULT_MODELS = ("transformer", "gated_deltanet", "moneta", "yaad", "memora")
 DEFAULT_SEQ_LENS = (32,)
 DEFAULT_KV_PAIRS = (4,)

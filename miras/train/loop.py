@@ -4,8 +4,8 @@ steps it, with everything that changes as it goes in one `RunState`.
 Notable features:
 - exact resumption on CPU: batches depend only on (seed, step), and model, optimizer, scheduler and RNG states are
   restored from the checkpoint;
-- a time budget and a thread probe, both opt-in (`max_minutes`, `threads` 0; pace.py): the speed of the first steps fixes the step count, so the cosine
-  schedule still ends at its floor; the plan is kept in each checkpoint, so a resumed run follows it;
+- a time budget and a thread probe, both opt-in (`max_minutes`, `threads` 0; pace.py): the first steps' speed fixes
+  the step count, so the cosine ends at its floor; the plan is kept in each checkpoint, for a resumed run to follow;
 - one loop for every task (parts.Task): language modelling (lm_task.py: evaluation on windows spread evenly over
   each validation set, next to a unigram baseline) and MQAR (mqar_task.py: query accuracy on a held-out test split);
 - data-parallel runs under torchrun (DDP or FSDP2, see distributed.py): `batch_size` is the global batch, each rank
