@@ -90,6 +90,8 @@ class ModelConfig:
     conv_size:               kernel of the causal depthwise conv on q, k, v (1: no mixing across tokens).
     use_rope, rope_theta:    rotary embeddings on q, k, in Miras and attention layers alike.
     gate_rank:               rank r of the gate projections x -> R^r -> R^H.
+    eta_init:                η's initial value as a fraction of η_max, the top of the data-dependent η gate's
+                             range (0, η_max) (layers/miras_layer.py); in (0, 1).
     hybrid_attention_every:  0: no attention; N: every N-th block (the N-th, 2N-th, ...) is sliding-window attention
                              (the paper's "-H" hybrids, Samba-style ordering).
     attention_window:        keys each sliding-window query sees, itself included.
@@ -115,6 +117,7 @@ class ModelConfig:
     use_rope: bool = True
     rope_theta: float = 10000.0
     gate_rank: int = 32
+    eta_init: float = 0.1
     hybrid_attention_every: int = 0
     attention_window: int = 2048
     max_position_embeddings: int = 4096
@@ -156,6 +159,10 @@ class ModelConfig:
         _positive_int("hybrid_attention_every", self.hybrid_attention_every, low=0)
         for name in ("norm_eps", "initializer_range", "rope_theta"):
             _positive_float(name, getattr(self, name))
+        if not (
+            isinstance(self.eta_init, (int, float)) and not isinstance(self.eta_init, bool) and 0 < self.eta_init < 1
+        ):
+            raise ValueError(f"ModelConfig.eta_init={self.eta_init!r} must be a number in (0, 1) (a fraction of η_max)")
         for name in ("tie_word_embeddings", "use_rope"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r} must be True or False")

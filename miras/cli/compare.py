@@ -29,6 +29,8 @@ BUDGET_HELP: dict[str, str] = {
     "mqar_batch_size": "MQAR examples per step",
     "mqar_lr": "MQAR learning rate",
     "mqar_vocab_size": "MQAR vocabulary",
+    "mqar_width": "MQAR model width (the candidate's design at this width, not the LM's)",
+    "mqar_heads": "MQAR heads per mixer",
     "niah_lengths": "NIAH prompt lengths (default: the language models' --seq-len)",
     "niah_depths": "NIAH needle depths in [0, 1]",
     "niah_variants": "NIAH variants: passkey, number, uuid",

@@ -15,7 +15,7 @@ Decisions the paper (arXiv 2504.13173, Sec. 5.4) leaves open, and why:
   memory; 1/fan_in of the last memory weight for an MLP whose output passes a parameter-free LayerNorm (the LN
   amplifies the last layer's update by ≈ fan_in, the reason TTT divides its rate by head_dim); and a further 1/p
   for the lp bias, whose gradient p·Sign(e)|e|^{p-1} is p times the l2 one at |e| ≈ 1. η starts at 0.1 η_max
-  (0.1 for l2 on a linear memory: each write removes 10% of that key's error).
+  by default (`ModelConfig.eta_init`; 0.1 for l2 on a linear memory: each write removes 10% of that key's error).
 - α starts per head with memory horizons 1/(1-α) log-spaced from 20 to 100 tokens (α ≈ 0.95 .. 0.99); θ starts at
   0.5; δ starts at 1, the per-coordinate RMS of the residual of an MLP memory with LayerNorm, so that the l1
   branch's step δ·Sign(e) has the size of the l2 branch's.
@@ -177,7 +177,7 @@ class MirasLayer(nn.Module):
         self.eta_gate = None
         if config.eta_gate == "data_dependent":
             top = eta_max(spec, D)
-            self.eta_gate = Gate(hidden, H, rank, "sigmoid", [0.1 * top] * H, scale=top)
+            self.eta_gate = Gate(hidden, H, rank, "sigmoid", [config.eta_init * top] * H, scale=top)
         self.alpha_gate = None
         if spec.retention != "none":
             alpha_rank = 0 if config.alpha_gate == "constant" else rank

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 
@@ -52,6 +53,24 @@ def test_attention_solves_mqar_with_four_pairs():
         config, seq_len=32, num_kv_pairs=4, steps=600, batch_size=64, lr=1e-3, seed=0, test_examples=500, threads=1
     )
     assert result.accuracy >= 0.9, result
+
+
+def test_named_variants_are_the_designs_they_name():
+    """A sweep runs the named variants beside the presets: gated DeltaNet's per-chunk approximation at chunk 16, and
+    the per-chunk MLP presets at chunk 16; each is its preset with exactly those changes."""
+    sweep, _ = make_sweep(
+        ["gated_deltanet", *mqar_module.VARIANTS], [32], [4], [16], [1e-3], steps=2, batch_size=2, seeds=(0,)
+    )
+    exact = sweep.model_config("gated_deltanet", 16, 32)
+    approx = sweep.model_config("gated_deltanet_per_chunk16", 16, 32)
+    assert exact.memory_spec.gradients == "per_token" and exact.chunk_size == 64
+    assert approx.preset == "gated_deltanet" and approx.chunk_size == 16
+    assert approx.memory_spec == dataclasses.replace(exact.memory_spec, gradients="per_chunk")
+    for name in ("moneta", "yaad", "memora"):
+        base, variant = sweep.model_config(name, 16, 32), sweep.model_config(f"{name}_chunk16", 16, 32)
+        assert variant.memory_spec == base.memory_spec and (base.chunk_size, variant.chunk_size) == (64, 16)
+    with pytest.raises(ConfigError, match="models"):
+        make_sweep(["gated_deltanet_chunk7"], [32], [4], [16], [1e-3], steps=2, batch_size=2)
 
 
 def test_train_mqar_is_deterministic_and_json_safe():

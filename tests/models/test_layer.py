@@ -141,6 +141,14 @@ def test_gates_init():
         moneta.eta_gate.up.weight.normal_()
     assert (moneta._gates(x)[0].std(dim=(0, 1)) > 0).all()  # ... and is data-dependent once W_up learns
 
+    # ModelConfig.eta_init moves η's starting point within the gate's range, and nothing else
+    half = MirasLayer(_config("moneta", eta_init=0.5), 0)
+    torch.testing.assert_close(half._gates(x)[0], torch.full_like(eta, 0.5 * top))
+    assert half.eta_gate.scale == moneta.eta_gate.scale
+    for bad in (0, 1, -0.1, True, "0.5"):
+        with pytest.raises(ValueError, match="eta_init"):
+            _config("moneta", eta_init=bad)
+
     yaad = MirasLayer(_config("yaad"), 0)
     torch.testing.assert_close(yaad._gates(x)[3].mean(), torch.tensor(1.0), atol=0.1, rtol=0)  # δ starts near 1
     assert MirasLayer(_config("titans"), 0)._gates(x)[2] is not None
