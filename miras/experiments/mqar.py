@@ -162,26 +162,14 @@ def mqar_train_config(
 def train_mqar(
     model_config: ModelConfig,
     *,
-    seq_len: int,
-    num_kv_pairs: int,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    train_examples: int | None = None,
-    test_examples: int = 1000,
-    weight_decay: float = 0.1,
-    power_a: float = 0.01,
-    eval_every: int | None = None,
-    device: str | torch.device = "cpu",
-    threads: int = -1,
     name: str | None = None,
     run_dir: str | Path | None = None,
-    progress: bool = False,
     log: Callable[[str], None] | None = None,
+    **settings: object,
 ) -> MQARResult:
     """Train `MirasLM(model_config)` from scratch on MQAR with `miras.train.train` and score it on a disjoint test
-    split.
+    split. `settings` are `mqar_train_config`'s keywords: seq_len, num_kv_pairs, steps, batch_size, lr and seed
+    (required), train_examples, test_examples, weight_decay, power_a, eval_every, device, threads, progress.
 
     The task's vocabulary is the model's (`model_config.vocab_size`). train_examples: the size of the training set
     (None: steps * batch_size, capped at MAX_TRAIN_EXAMPLES, so that a short run never sees an example twice);
@@ -194,24 +182,9 @@ def train_mqar(
     run_dir: the run folder (None: a temporary one, deleted after). A folder holding a run from before is continued
     from its checkpoint (one interrupted with Ctrl-C, or a finished one: only its final evaluation runs again); one
     without a checkpoint (killed before the end) is started again. log: the trainer's lines (default: none).
+    `seconds` in the result is the run's training time as its metrics record it, over all its sessions.
     """
-    config = mqar_train_config(
-        model_config,
-        seq_len=seq_len,
-        num_kv_pairs=num_kv_pairs,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        train_examples=train_examples,
-        test_examples=test_examples,
-        weight_decay=weight_decay,
-        power_a=power_a,
-        eval_every=eval_every,
-        device=device,
-        threads=threads,
-        progress=progress,
-    )
+    config = mqar_train_config(model_config, **settings)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mqar-") if run_dir is None else contextlib.nullcontext(run_dir) as folder:
         folder = Path(folder) / "run" if run_dir is None else Path(folder)
@@ -225,23 +198,24 @@ def train_mqar(
         result = train(config, log=log or _quiet)
         records = MetricsLog(folder).read()
     curve = {r["step"]: r["accuracy"] for r in records if r["event"] == "eval"}
+    final = [r for r in records if r["event"] == "final"]
     train_loss = [r["loss"] for r in records if r["event"] == "train"]
     with torch.device("meta"):
         num_parameters = MirasLM(model_config).num_parameters()
     return MQARResult(
         model=name or model_config.preset,
         width=model_config.hidden_size,
-        seq_len=seq_len,
-        num_kv_pairs=num_kv_pairs,
-        lr=float(lr),
-        steps=steps,
-        batch_size=batch_size,
-        seed=seed,
+        seq_len=config.seq_len,
+        num_kv_pairs=config.mqar_kv_pairs,
+        lr=float(config.lr),
+        steps=config.max_steps,
+        batch_size=config.batch_size,
+        seed=config.seed,
         accuracy=result.accuracy,
         test_loss=result.evals["mqar"]["loss"],
         train_loss=train_loss[-1] if train_loss else math.nan,
         num_parameters=num_parameters,
-        seconds=time.perf_counter() - start,
+        seconds=final[-1]["elapsed_s"] if final else time.perf_counter() - start,
         curve=[[step, accuracy] for step, accuracy in sorted(curve.items())],
         run_dir="" if run_dir is None else str(run_dir),
     )
