@@ -108,6 +108,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="(default: auto)")
     parser.add_argument("--out", default="runs/mqar", metavar="DIR", help="output folder (default: %(default)s)")
+    parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="train nothing: report the finished runs found in --out/runs (parts of the sweep run elsewhere, their "
+        "run folders copied in); the others are left out",
+    )
     parser.set_defaults(run=run)
 
 
@@ -136,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     )
     for seq_len, kv in skipped:
         print(f"skipped seq len {seq_len} with {kv} kv pairs: MQAR needs seq len >= 4 x kv pairs")
-    records = mqar_sweep(sweep, args.out)
+    records = mqar_sweep(sweep, args.out, train_missing=not args.collect)
     print()
     print(mqar_table(records, sweep), end="")
     print(f"\nwrote {args.out}/mqar.md, mqar.json, mqar-T<seq len>-kv<pairs>[-curves].png and the run folders in runs/")

@@ -361,6 +361,7 @@ def mqar_sweep(
     out_dir: str | Path | None = None,
     *,
     log: Callable[[str], None] = print,
+    train_missing: bool = True,
 ) -> list[dict]:
     """Run every point of `sweep`; returns one record per run: MQARResult.to_dict(), or the run's keys plus "error"
     when it failed (a diverging or crashing model is reported, not fatal to the sweep).
@@ -369,7 +370,12 @@ def mqar_sweep(
     s<seed>; records are written to out_dir/mqar.json after every run (atomically), the table and figures are
     refreshed, and a rerun with the same sweep skips the runs already recorded without an error (more seeds, lrs,
     models, widths or settings add runs to the same folder). Without out_dir the runs train in temporary folders.
+
+    train_missing=False (`--collect`) trains nothing: it reports the runs whose folders under out_dir/runs finished
+    (e.g. parts of the sweep run elsewhere, their folders copied in) and leaves the others out of the records.
     """
+    if not train_missing and out_dir is None:
+        raise ConfigError("out", "collecting finished runs needs the folder that holds them")
     runs = sweep.runs()
     keys = [_run_key(run) for run in runs]
     saved = _load_records(out_dir, sweep) if out_dir is not None else {}
@@ -383,22 +389,15 @@ def mqar_sweep(
             f"{run['num_kv_pairs']} lr {run['lr']:g} seed {run['seed']}"
         )
         run_dir = None if out_dir is None else Path(out_dir) / RUNS_DIR / run_name(run)
+        if not train_missing and not _finished(run_dir, sweep.steps):
+            log(f"{label}: not run (no finished run folder)")
+            continue
         try:
             result = train_mqar(
                 sweep.model_config(run["model"], run["width"], run["seq_len"]),
-                seq_len=run["seq_len"],
-                num_kv_pairs=run["num_kv_pairs"],
-                steps=sweep.steps,
-                batch_size=sweep.batch_size,
-                lr=run["lr"],
-                seed=run["seed"],
-                train_examples=sweep.train_examples,
-                test_examples=sweep.test_examples,
-                eval_every=sweep.eval_every,
-                device=sweep.device,
-                threads=sweep.threads,
                 name=run["model"],
                 run_dir=run_dir,
+                **_run_settings(sweep, run),
             )
             by_key[key] = {**result.to_dict(), "run_dir": "" if run_dir is None else f"{RUNS_DIR}/{run_name(run)}"}
             log(f"{label}: accuracy {result.accuracy:.3f} ({result.seconds:.0f} s)")
@@ -407,10 +406,15 @@ def mqar_sweep(
             log(f"{label}: FAILED: {by_key[key]['error']}")
         if out_dir is not None:
             write_mqar_report([by_key[k] for k in keys if k in by_key], sweep, out_dir)
-    records = [by_key[key] for key in keys]
+    records = [by_key[key] for key in keys if key in by_key]
     if out_dir is not None:
         write_mqar_report(records, sweep, out_dir)
     return records
+
+
+def _finished(run_dir: Path, steps: int) -> bool:
+    """Whether a run folder holds a run that reached its last step (its "final" metrics record)."""
+    return any(r["event"] == "final" and r["step"] == steps for r in MetricsLog(run_dir).read())
 
 
 def run_name(run: dict) -> str:
@@ -553,10 +557,9 @@ def _run_key(record: dict) -> tuple:
     return r["model"], r["width"], r["seq_len"], r["num_kv_pairs"], float(r["lr"]), r["seed"]
 
 
-def _train_config(sweep: MQARSweep, run: dict) -> TrainConfig:
-    """The TrainConfig of one of the sweep's runs (what train_mqar trains)."""
-    return mqar_train_config(
-        sweep.model_config(run["model"], run["width"], run["seq_len"]),
+def _run_settings(sweep: MQARSweep, run: dict) -> dict:
+    """`mqar_train_config`'s keywords for one of the sweep's runs."""
+    return dict(
         seq_len=run["seq_len"],
         num_kv_pairs=run["num_kv_pairs"],
         steps=sweep.steps,
@@ -568,6 +571,13 @@ def _train_config(sweep: MQARSweep, run: dict) -> TrainConfig:
         eval_every=sweep.eval_every,
         device=sweep.device,
         threads=sweep.threads,
+    )
+
+
+def _train_config(sweep: MQARSweep, run: dict) -> TrainConfig:
+    """The TrainConfig of one of the sweep's runs (what train_mqar trains)."""
+    return mqar_train_config(
+        sweep.model_config(run["model"], run["width"], run["seq_len"]), **_run_settings(sweep, run)
     )
 
 

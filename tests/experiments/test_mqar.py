@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -277,6 +278,34 @@ def test_sweep_skips_impossible_settings_writes_report_and_resumes(tmp_path):
     with pytest.raises(ConfigError, match="another budget") as e:
         mqar_sweep(other, tmp_path)
     assert e.value.field == "out"
+
+
+def test_a_sweep_run_in_parts_is_collected_without_training(tmp_path):
+    """Parts of a sweep run in separate folders (one per seed); their run folders copied into one folder, the whole
+    sweep with train_missing=False reports what finished, trains nothing, and leaves the rest out."""
+    part0, part1, merged = tmp_path / "s0", tmp_path / "s1", tmp_path / "all"
+    records0 = mqar_sweep(tiny_sweep(seeds=[0])[0], part0, log=lambda _: None)
+    records1 = mqar_sweep(tiny_sweep(seeds=[1])[0], part1, log=lambda _: None)
+    (merged / "runs").mkdir(parents=True)
+    for part in (part0, part1):
+        for run in (part / "runs").iterdir():
+            if "gated_deltanet" not in run.name or "s1" not in run.name:  # one model's seed 1 never ran
+                shutil.copytree(run, merged / "runs" / run.name)
+    lines = []
+    whole, _ = tiny_sweep(seeds=[0, 1, 2])
+    collected = mqar_sweep(whole, merged, log=lines.append, train_missing=False)
+    expected = records0 + [r for r in records1 if r["model"] != "gated_deltanet"]
+    key = lambda r: (r["model"], r["seq_len"], r["num_kv_pairs"], r["seed"])  # noqa: E731
+    assert sorted(map(key, collected)) == sorted(map(key, expected))
+    by_key = {key(r): r for r in collected}
+    for r in expected:  # the same accuracy, curve and training time as where it ran
+        got = by_key[key(r)]
+        assert (got["accuracy"], got["curve"]) == (r["accuracy"], r["curve"])
+        assert got["seconds"] == pytest.approx(r["seconds"], abs=1)  # + the final evaluation's time, not a retraining
+    assert sum("not run" in line for line in lines) == len(whole.runs()) - len(expected)
+    assert not any((merged / "runs" / name).exists() for name in ("transformer-w16-T16-kv2-lr0.001-s2",))
+    with pytest.raises(ConfigError, match="folder"):
+        mqar_sweep(whole, None, train_missing=False)
 
 
 def test_a_file_from_before_seeds_is_refused(tmp_path):
