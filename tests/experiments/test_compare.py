@@ -88,6 +88,9 @@ def test_compare_end_to_end_then_resume(data, tmp_path):
     table = (out / "results.md").read_text()
     assert "| Model | grammar.txt ppl" not in table  # the set is named by its spec as given
     assert "MQAR acc ↑ | NIAH acc ↑ | params | non-emb params | MLP width | tok/s ↑ |" in table
+    # MQAR trains each design at zoology's shape, not the LM's; an all-zero NIAH column says why under the table
+    assert all(row["mqar"]["width"] == 64 for row in rows)
+    assert (compare_module.NIAH_AT_ZERO in table) == (not any(row["niah"]["accuracy"] for row in rows))
     assert table.count("\n| moneta |") == 1 and table.count("\n| transformer |") == 1
     saved = json.loads((out / "results.json").read_text())
     assert set(saved["rows"]) == {"moneta", "transformer"} and saved["budget"]["steps"] == 2
