@@ -42,7 +42,7 @@ from miras.presets import PRESETS
 from miras.run.checkpoint import CheckpointError, resumable_checkpoint
 from miras.run.folder import CONFIG_FILE, MetricsLog
 from miras.train import TrainConfig, train
-from miras.train.config import MAX_MQAR_TRAIN_EXAMPLES, MQAR, ConfigError
+from miras.train.config import MQAR, ConfigError
 
 # Named variants a sweep can run beside the presets: (preset, spec changes, ModelConfig changes). Each is a design
 # the issue tracker asked to compare on recall (issue 23), spelled out here rather than hidden in a flag.
@@ -51,20 +51,17 @@ from miras.train.config import MAX_MQAR_TRAIN_EXAMPLES, MQAR, ConfigError
 #   `MemorySpec.gradients` names; the preset itself is the exact delta rule.
 # - <preset>_chunk16: a per-chunk preset at chunk 16 instead of 64, so that a 32-token sequence has two chunks and the
 #   memory corrects its error once inside the sequence (at chunk 64 every gradient is taken at the initial memory).
+# - <preset>_eta_init0.5: η starting at half its maximum instead of a tenth (`ModelConfig.eta_init`): the op-level
+#   capacity check finds the MLP memories barely recall one write at a tenth (eval README).
 VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "gated_deltanet_per_chunk16": ("gated_deltanet", {"gradients": "per_chunk"}, {"chunk_size": 16}),
-    "moneta_chunk16": ("moneta", {}, {"chunk_size": 16}),
-    "yaad_chunk16": ("yaad", {}, {"chunk_size": 16}),
-    "memora_chunk16": ("memora", {}, {"chunk_size": 16}),
-    # - <preset>_eta_init0.5: η starting at half its maximum instead of a tenth (`ModelConfig.eta_init`): the op-level
-    #   capacity check finds the MLP memories barely recall one write at a tenth (eval README).
+    **{f"{p}_chunk16": (p, {}, {"chunk_size": 16}) for p in ("moneta", "yaad", "memora")},
     **{f"{p}_eta_init0.5": (p, {}, {"eta_init": 0.5}) for p in ("moneta", "yaad", "memora", "gated_deltanet")},
 }
 MODELS = (TRANSFORMER, *PRESETS, *VARIANTS)
 RESULTS_FILE = "mqar.json"
 TABLE_FILE = "mqar.md"
 RUNS_DIR = "runs"  # a sweep's run folders, one per (model, width, seq len, kv pairs, lr, seed)
-MAX_TRAIN_EXAMPLES = MAX_MQAR_TRAIN_EXAMPLES
 CURVE_POINTS = 10  # periodic evaluations per run (the learning curve), besides the one at step 0
 
 
@@ -172,7 +169,7 @@ def train_mqar(
     (required), train_examples, test_examples, weight_decay, power_a, eval_every, device, threads, progress.
 
     The task's vocabulary is the model's (`model_config.vocab_size`). train_examples: the size of the training set
-    (None: steps * batch_size, capped at MAX_TRAIN_EXAMPLES, so that a short run never sees an example twice);
+    (None: steps * batch_size, capped at MAX_MQAR_TRAIN_EXAMPLES, so that a short run never sees an example twice);
     batches walk through it in a fresh seeded order each epoch. AdamW (weight decay on matrices only, as in
     `miras train`), a linear warm-up over the first tenth of the steps, then a cosine to zero; gradients clipped to
     norm 1. `seed` fixes the data, the initialization and the batch order. eval_every: steps between evaluations
@@ -305,7 +302,7 @@ def make_sweep(
             raise ConfigError("models", f"unknown model {model!r}; choose from {', '.join(MODELS)}")
     for flag, values in (("seq_lens", seq_lens), ("kv_pairs", kv_pairs), ("widths", widths)):
         for value in values:
-            _check_positive(flag, value, ConfigError)
+            check_int(flag, value, error=ConfigError)
     for lr in lrs:
         if not (math.isfinite(lr) and lr > 0):
             raise ConfigError("lrs", f"learning rates must be finite and > 0, got {lr}")
@@ -315,8 +312,8 @@ def make_sweep(
     for seed in seeds:
         check_int("seeds", seed, 0, error=ConfigError)
     check_int("curve_points", options.get("curve_points", CURVE_POINTS), error=ConfigError)
-    _check_positive("steps", steps, ConfigError)
-    _check_positive("batch_size", batch_size, ConfigError)
+    check_int("steps", steps, error=ConfigError)
+    check_int("batch_size", batch_size, error=ConfigError)
     pairs = [(t, k) for t in dict.fromkeys(seq_lens) for k in dict.fromkeys(kv_pairs)]
     settings = tuple((t, k) for t, k in pairs if 4 * k <= t)
     skipped = [(t, k) for t, k in pairs if 4 * k > t]
@@ -538,10 +535,6 @@ def write_mqar_report(records: Sequence[dict], sweep: MQARSweep, out_dir: str | 
             for w in sweep.widths
         }
         plot_accuracy_curves(panels, out_dir / f"mqar-T{seq_len}-kv{kv}-curves.png", title=title)
-
-
-def _check_positive(name: str, value: object, error: Callable[[str, str], ValueError] | None = None) -> None:
-    check_int(name, value, error=error)
 
 
 def _sweep_dict(sweep: MQARSweep) -> dict:

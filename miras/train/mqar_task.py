@@ -56,15 +56,13 @@ def train_examples(config: TrainConfig) -> int:
 
 
 def prepare(config: TrainConfig, model_config: ModelConfig | None) -> tuple[TrainConfig, ModelConfig, MQARTask]:
-    """(config with seq_len resolved, model config, task). model_config: a saved run's, else config's own."""
+    """(config with seq_len resolved, model config, task). model_config: a saved run's, else config's own. The fields
+    were checked by TrainConfig (its vocabulary against a given model's; `resolved_model` builds one with it), and
+    `replace` checks them again once seq_len is resolved."""
     if model_config is None:
         model_config = config.resolved_model()
         if config.seq_len == -1:
             config = config.replace(seq_len=model_config.max_position_embeddings)
-    if model_config.vocab_size != config.vocab_size:
-        raise ConfigError("vocab_size", f"{config.vocab_size} is not the model's vocab_size={model_config.vocab_size}")
-    if 4 * config.mqar_kv_pairs > config.seq_len:
-        raise ConfigError("mqar_kv_pairs", f"{config.mqar_kv_pairs} pairs need seq_len >= {4 * config.mqar_kv_pairs}")
     return config, model_config, MQARTask(config)
 
 
