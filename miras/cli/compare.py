@@ -82,8 +82,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train each model as a language model with the same steps, tokens and (by default) parameter "
         "count, then report validation perplexity, MQAR accuracy (the same architecture trained on MQAR), NIAH "
         "accuracy, parameters and training tokens/s in one markdown table, with every model's training loss on one "
-        "plot. The defaults take about 17 minutes on 2 CPU cores; scale with --size, --steps, --batch-size and "
-        "--device cuda. Rerunning in the same --out folder skips finished models.",
+        "plot. The defaults take about 35 minutes on 2 idle CPU cores (20 for the language models, 15 for MQAR); "
+        "scale with --size, --steps, --batch-size and --device cuda. Rerunning in the same --out folder skips "
+        "finished models.",
     )
     parser.add_argument(
         "--models",

@@ -53,10 +53,16 @@ from miras.train.config import MQAR, ConfigError
 #   memory corrects its error once inside the sequence (at chunk 64 every gradient is taken at the initial memory).
 # - <preset>_eta_init0.5: η starting at half its maximum instead of a tenth (`ModelConfig.eta_init`): the op-level
 #   capacity check finds the MLP memories barely recall one write at a tenth (eval README).
+# - moneta_p2, moneta_q2, yaad_l2: one of the paper's choices for Moneta / Yaad undone: the lp bias at p = 2 (the l2
+#   bias; η_max's 1/p absorbs lp's factor p), the lq retention at q = 2, the l2 bias instead of Huber (Yaad becomes
+#   Titans without momentum), each varied alone as issue 23 asks of the lp / lq exponents.
 VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "gated_deltanet_per_chunk16": ("gated_deltanet", {"gradients": "per_chunk"}, {"chunk_size": 16}),
     **{f"{p}_chunk16": (p, {}, {"chunk_size": 16}) for p in ("moneta", "yaad", "memora")},
     **{f"{p}_eta_init0.5": (p, {}, {"eta_init": 0.5}) for p in ("moneta", "yaad", "memora", "gated_deltanet")},
+    "moneta_p2": ("moneta", {"p": 2.0}, {}),
+    "moneta_q2": ("moneta", {"q": 2.0}, {}),
+    "yaad_l2": ("yaad", {"bias": "l2"}, {}),
 }
 MODELS = (TRANSFORMER, *PRESETS, *VARIANTS)
 RESULTS_FILE = "mqar.json"

@@ -57,8 +57,9 @@ def test_attention_solves_mqar_with_four_pairs():
 
 
 def test_named_variants_are_the_designs_they_name():
-    """A sweep runs the named variants beside the presets: gated DeltaNet's per-chunk approximation at chunk 16, and
-    the per-chunk MLP presets at chunk 16; each is its preset with exactly those changes."""
+    """A sweep runs the named variants beside the presets: gated DeltaNet's per-chunk approximation at chunk 16, the
+    per-chunk MLP presets at chunk 16, Moneta at p = 2 or q = 2, Yaad with the l2 bias; each is its preset with
+    exactly those changes."""
     sweep, _ = make_sweep(
         ["gated_deltanet", *mqar_module.VARIANTS], [32], [4], [16], [1e-3], steps=2, batch_size=2, seeds=(0,)
     )
@@ -70,6 +71,10 @@ def test_named_variants_are_the_designs_they_name():
     for name in ("moneta", "yaad", "memora"):
         base, variant = sweep.model_config(name, 16, 32), sweep.model_config(f"{name}_chunk16", 16, 32)
         assert variant.memory_spec == base.memory_spec and (base.chunk_size, variant.chunk_size) == (64, 16)
+    moneta, yaad = sweep.model_config("moneta", 16, 32).memory_spec, sweep.model_config("yaad", 16, 32).memory_spec
+    assert sweep.model_config("moneta_p2", 16, 32).memory_spec == dataclasses.replace(moneta, p=2.0)
+    assert sweep.model_config("moneta_q2", 16, 32).memory_spec == dataclasses.replace(moneta, q=2.0)
+    assert sweep.model_config("yaad_l2", 16, 32).memory_spec == dataclasses.replace(yaad, bias="l2")
     with pytest.raises(ConfigError, match="models"):
         make_sweep(["gated_deltanet_chunk7"], [32], [4], [16], [1e-3], steps=2, batch_size=2)
 
