@@ -24,7 +24,6 @@ import math
 import shutil
 import statistics
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ from miras.presets import PRESETS
 from miras.run.checkpoint import CheckpointError, resumable_checkpoint
 from miras.run.folder import CONFIG_FILE, MetricsLog
 from miras.train import TrainConfig, train
-from miras.train.config import MQAR, ConfigError
+from miras.train.config import MQAR, ConfigError, resume_config
 
 # Named variants a sweep can run beside the presets: (preset, spec changes, ModelConfig changes). Each is a design
 # the issue tracker asked to compare on recall (issue 23), spelled out here rather than hidden in a flag.
@@ -182,13 +181,13 @@ def train_mqar(
     on the test split (the learning curve; None: a tenth of the steps). name: the model's label in the result
     (default: the preset).
 
-    run_dir: the run folder (None: a temporary one, deleted after). A folder holding a run from before is continued
-    from its checkpoint (one interrupted with Ctrl-C, or a finished one: only its final evaluation runs again); one
-    without a checkpoint (killed before the end) is started again. log: the trainer's lines (default: none).
-    `seconds` in the result is the run's training time as its metrics record it, over all its sessions.
+    run_dir: the run folder (None: a temporary one, deleted after). A folder holding a finished run of this config is
+    read, not trained or evaluated again; one interrupted with Ctrl-C is continued from its checkpoint; one without a
+    checkpoint (killed before its only save) is started again; one holding another run's config is a ConfigError
+    naming the field. log: the trainer's lines (default: none). `seconds` in the result is the run's training time
+    as its metrics record it, over all its sessions.
     """
     config = mqar_train_config(model_config, **settings)
-    start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mqar-") if run_dir is None else contextlib.nullcontext(run_dir) as folder:
         folder = Path(folder) / "run" if run_dir is None else Path(folder)
         config = config.replace(out_dir=str(folder))
@@ -198,10 +197,17 @@ def train_mqar(
                 config = config.replace(resume=str(folder))
             except CheckpointError:  # stopped before its only save: nothing to continue
                 shutil.rmtree(folder)
-        result = train(config, log=log or _quiet)
+        if config.resume:
+            # A ConfigError naming the field when the folder holds another run: every field is compared, not only the
+            # non-default ones (as `miras train --resume` does with the flags given).
+            resume_config(folder, **config.to_dict())
+        if not (config.resume and _finished(folder, config.max_steps)):
+            train(config, log=log or _quiet)
         records = MetricsLog(folder).read()
-    curve = {r["step"]: r["accuracy"] for r in records if r["event"] == "eval"}
     final = [r for r in records if r["event"] == "final"]
+    if not final:  # the trainer returned without its final evaluation, which only a bug would do
+        raise RuntimeError(f"MQAR run in {folder} ended without its final evaluation")
+    curve = {r["step"]: r["accuracy"] for r in records if r["event"] == "eval"}
     train_loss = [r["loss"] for r in records if r["event"] == "train"]
     with torch.device("meta"):
         num_parameters = MirasLM(model_config).num_parameters()
@@ -214,11 +220,11 @@ def train_mqar(
         steps=config.max_steps,
         batch_size=config.batch_size,
         seed=config.seed,
-        accuracy=result.accuracy,
-        test_loss=result.evals["mqar"]["loss"],
+        accuracy=final[-1]["accuracy"],
+        test_loss=final[-1]["evals"]["mqar"]["loss"],
         train_loss=train_loss[-1] if train_loss else math.nan,
         num_parameters=num_parameters,
-        seconds=final[-1]["elapsed_s"] if final else time.perf_counter() - start,
+        seconds=final[-1]["elapsed_s"],
         curve=[[step, accuracy] for step, accuracy in sorted(curve.items())],
         run_dir="" if run_dir is None else str(run_dir),
     )

@@ -190,8 +190,12 @@ def test_train_mqar_continues_a_run_folder_it_finds(tmp_path):
     config = mqar_model_config("transformer", 16, vocab_size=32, seq_len=16)
     kwargs = dict(seq_len=16, num_kv_pairs=2, steps=4, batch_size=4, lr=1e-3, seed=0, test_examples=8, threads=1)
     first = train_mqar(config, run_dir=tmp_path / "run", **kwargs)
-    again = train_mqar(config, run_dir=tmp_path / "run", **kwargs)  # finished: only the final evaluation reruns
-    assert again.accuracy == first.accuracy and again.curve == first.curve
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_bytes()
+    again = train_mqar(config, run_dir=tmp_path / "run", **kwargs)  # finished: read, nothing trained or evaluated
+    assert again == first and (tmp_path / "run" / "metrics.jsonl").read_bytes() == metrics
+    with pytest.raises(ConfigError) as e:  # the folder holds another run: named, not silently reported
+        train_mqar(config, run_dir=tmp_path / "run", **{**kwargs, "lr": 3e-3})
+    assert e.value.field == "lr"
     (tmp_path / "run" / "latest").unlink()  # as if killed before its only save: trained again from scratch
     assert train_mqar(config, run_dir=tmp_path / "run", **kwargs).accuracy == first.accuracy
 
@@ -285,9 +289,10 @@ def test_sweep_skips_impossible_settings_writes_report_and_resumes(tmp_path):
     assert e.value.field == "out"
 
 
-def test_a_sweep_run_in_parts_is_collected_without_training(tmp_path):
+def test_a_sweep_run_in_parts_is_collected_without_training(tmp_path, monkeypatch):
     """Parts of a sweep run in separate folders (one per seed); their run folders copied into one folder, the whole
-    sweep with train_missing=False reports what finished, trains nothing, and leaves the rest out."""
+    sweep with train_missing=False reports what finished from the folders alone (nothing trained, evaluated or
+    written into them) and leaves the rest out."""
     part0, part1, merged = tmp_path / "s0", tmp_path / "s1", tmp_path / "all"
     records0 = mqar_sweep(tiny_sweep(seeds=[0])[0], part0, log=lambda _: None)
     records1 = mqar_sweep(tiny_sweep(seeds=[1])[0], part1, log=lambda _: None)
@@ -296,8 +301,10 @@ def test_a_sweep_run_in_parts_is_collected_without_training(tmp_path):
         for run in (part / "runs").iterdir():
             if "gated_deltanet" not in run.name or "s1" not in run.name:  # one model's seed 1 never ran
                 shutil.copytree(run, merged / "runs" / run.name)
+    metrics = {run.name: (run / "metrics.jsonl").read_bytes() for run in (merged / "runs").iterdir()}
     lines = []
     whole, _ = tiny_sweep(seeds=[0, 1, 2])
+    monkeypatch.setattr(mqar_module, "train", lambda *a, **k: pytest.fail("collecting trained or evaluated a run"))
     collected = mqar_sweep(whole, merged, log=lines.append, train_missing=False)
     expected = records0 + [r for r in records1 if r["model"] != "gated_deltanet"]
     key = lambda r: (r["model"], r["seq_len"], r["num_kv_pairs"], r["seed"])  # noqa: E731
@@ -306,7 +313,8 @@ def test_a_sweep_run_in_parts_is_collected_without_training(tmp_path):
     for r in expected:  # the same accuracy, curve and training time as where it ran
         got = by_key[key(r)]
         assert (got["accuracy"], got["curve"]) == (r["accuracy"], r["curve"])
-        assert got["seconds"] == pytest.approx(r["seconds"], abs=1)  # + the final evaluation's time, not a retraining
+        assert got["seconds"] == r["seconds"]
+    assert metrics == {run.name: (run / "metrics.jsonl").read_bytes() for run in (merged / "runs").iterdir()}
     assert sum("not run" in line for line in lines) == len(whole.runs()) - len(expected)
     assert not any((merged / "runs" / name).exists() for name in ("transformer-w16-T16-kv2-lr0.001-s2",))
     with pytest.raises(ConfigError, match="folder"):
