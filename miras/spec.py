@@ -21,6 +21,7 @@ GRADIENT_AT = ("anchor", "retained")
 GRADIENTS = ("per_chunk", "per_token")
 LQ_MAPS = ("literal", "mirror")
 INCHUNK_STEPS = ("raw", "scaled")
+HUBER_FORMS = ("mixture", "norm", "coordinate")
 
 # Retentions whose map from accumulator to weights is non-linear: the paper applies the map at chunk boundaries only
 # (with a lag token, see ops/README.md).
@@ -46,7 +47,7 @@ class MemorySpec:
 
     memory:     "linear" (M(k) = W k) or "mlp" (M(x) = x + N(W_L σ(... σ(W_1 x))), paper default depth 2).
     bias:       attentional bias, the inner loss on e = M(k) - v: "dot" (-<M(k), v>), "l2" (½‖e‖²),
-                "lp" (‖e‖_p^p), "huber" (Yaad: l2 gradient if ‖e‖ ≤ δ_t else δ_t ∇‖e‖₁), "robust" (½‖e‖² + Δ‖e‖).
+                "lp" (‖e‖_p^p), "huber" (Yaad: l2 gradient if ‖e‖ ≤ δ_t else δ_t ∇‖e‖₁; huber_form), "robust" (½‖e‖² + Δ‖e‖).
     retention:  "none", "decay" (W ← α W), "lq" (Moneta: A ← α A, W = A/‖A‖_q^{q-2}), "kl" (Memora: W = c·softmax
                 of logits A ← α A), "elastic" (W = soft-threshold of A ← α A).
     algorithm:  "gd" or "momentum" (S ← θ S - η g, W ← α W + S).
@@ -69,6 +70,11 @@ class MemorySpec:
     # Bias hyper-parameters. p: the lp exponent. robust_radius: Δ, the radius of the worst-case value shift.
     p: float = 3.0
     robust_radius: float = 1.0
+    # Which of the paper's three Huber forms bias="huber" uses (Sec. 3.3, Eqs. 14-16). "mixture" (Eq. 16, Yaad's):
+    # u = e if ‖e‖ ≤ δ_t else δ_t Sign(e), the l2 or the l1 gradient per token; the write's norm jumps from δ to
+    # δ√V at the threshold. "norm" (Eq. 15): u = e · min(1, δ_t/‖e‖), e clipped to norm δ_t (continuous).
+    # "coordinate" (Eq. 14): each coordinate of e clipped to [-δ_t, δ_t] (continuous).
+    huber_form: str = "mixture"
 
     # Retention hyper-parameters.
     q: float = 4.0  # lq: the normalizer's exponent
@@ -111,6 +117,7 @@ class MemorySpec:
         _choice("lq_map", self.lq_map, LQ_MAPS)
         _choice("gradients", self.gradients, GRADIENTS)
         _choice("inchunk_steps", self.inchunk_steps, INCHUNK_STEPS)
+        _choice("huber_form", self.huber_form, HUBER_FORMS)
         if not isinstance(self.mlp_residual, bool):
             raise ValueError(f"MemorySpec.mlp_residual={self.mlp_residual!r} must be True or False")
         _number("mlp_depth", self.mlp_depth, low=1, integer=True)
@@ -128,6 +135,11 @@ class MemorySpec:
             raise ValueError(
                 f"MemorySpec.gradient_at='retained' needs retention 'none' or 'decay' (got retention={self.retention!r}): "
                 "the retained state is only defined for multiplicative decay"
+            )
+        if self.huber_form != "mixture" and self.bias != "huber":
+            raise ValueError(
+                f"MemorySpec.huber_form={self.huber_form!r} needs bias='huber' (got bias={self.bias!r}): leave it "
+                "'mixture' (the default) for other biases"
             )
         if self.inchunk_steps == "scaled" and not self.nonlinear_retention:
             raise ValueError(

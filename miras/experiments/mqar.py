@@ -55,6 +55,8 @@ from miras.train.config import MQAR, ConfigError, resume_config
 # - moneta_p2, moneta_q2, yaad_l2: one of the paper's choices for Moneta / Yaad undone: the lp bias at p = 2 (the l2
 #   bias; η_max's 1/p absorbs lp's factor p), the lq retention at q = 2, the l2 bias instead of Huber (Yaad becomes
 #   Titans without momentum), each varied alone as issue 23 asks of the lp / lq exponents.
+# - yaad_huber_norm, yaad_huber_coordinate: Yaad with the paper's other two Huber forms (`MemorySpec.huber_form`),
+#   both continuous at the threshold, where Yaad's mixture jumps from the l2 write to a √V times larger l1 one.
 VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "gated_deltanet_per_chunk16": ("gated_deltanet", {"gradients": "per_chunk"}, {"chunk_size": 16}),
     **{f"{p}_chunk16": (p, {}, {"chunk_size": 16}) for p in ("moneta", "yaad", "memora")},
@@ -62,6 +64,7 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "moneta_p2": ("moneta", {"p": 2.0}, {}),
     "moneta_q2": ("moneta", {"q": 2.0}, {}),
     "yaad_l2": ("yaad", {"bias": "l2"}, {}),
+    **{f"yaad_huber_{form}": ("yaad", {"huber_form": form}, {}) for form in ("norm", "coordinate")},
 }
 MODELS = (TRANSFORMER, *PRESETS, *VARIANTS)
 RESULTS_FILE = "mqar.json"

@@ -46,12 +46,17 @@ def upstream(
         # exact sign: p e (e² + ε)^{(p-2)/2}, the gradient of Σ(e² + ε)^{p/2}; unlike sign(e)(e² + ε)^{(p-1)/2}
         # it is continuous at e = 0, so a rounding-level change of e cannot flip u by 2pε^{(p-1)/2}
         return spec.p * e * smooth_abs_pow(spec, e, spec.p - 2.0)
-    if spec.bias == "huber":  # l2 gradient inside the δ-ball, δ·∇‖e‖₁ outside (Yaad, Eq. 26)
+    if spec.bias == "huber":
         if delta is None:
             raise ValueError("bias='huber' needs the delta gate (Huber threshold δ_t)")
         d = delta.unsqueeze(-1)
-        inside = (e * e).sum(-1, keepdim=True) <= d * d
-        return torch.where(inside, e, d * smooth_sign(spec, e))
+        if spec.huber_form == "coordinate":  # ∇ Σ_j H(e_j) (Eq. 14)
+            return torch.where(e.abs() <= d, e, d * smooth_sign(spec, e))
+        sq = (e * e).sum(-1, keepdim=True)
+        if spec.huber_form == "norm":  # ∇ H(‖e‖) (Eq. 15): e · δ / max(‖e‖, δ), no branch (δ > 0)
+            return e * (d * torch.rsqrt(torch.maximum(sq, d * d)))
+        # mixture (Yaad, Eqs. 16 and 26): l2 gradient inside the δ-ball, δ·∇‖e‖₁ outside
+        return torch.where(sq <= d * d, e, d * smooth_sign(spec, e))
     # robust: ℓ = ½‖e‖² + Δ‖e‖ (the worst case over value shifts of norm ≤ Δ); ‖e‖ smoothed so u is finite at e = 0
     norm = torch.sqrt((e * e).sum(-1, keepdim=True) + spec.abs_eps)
     return e + spec.robust_radius * e / norm

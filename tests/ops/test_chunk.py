@@ -9,13 +9,14 @@ import torch
 
 from miras import presets
 from miras.ops import chunk_miras, naive_recurrent_miras
-from miras.spec import ALGORITHMS, BIASES, MEMORIES, RETENTIONS, MemorySpec
+from miras.spec import ALGORITHMS, BIASES, HUBER_FORMS, MEMORIES, RETENTIONS, MemorySpec
 from tests.ops.inputs import make_inputs, run_op
 
 
 def _random_specs(count: int, seed: int = 42) -> list[MemorySpec]:
     rng = random.Random(seed)
     rng_gradients = random.Random(seed + 1)  # its own stream, so that the other fields' sample stays as it was
+    rng_huber = random.Random(seed + 2)  # likewise
     specs = []
     while len(specs) < count:
         fields = dict(
@@ -35,6 +36,8 @@ def _random_specs(count: int, seed: int = 42) -> list[MemorySpec]:
             fields["gradient_at"] = rng.choice(["anchor", "retained"])
         if MemorySpec(**fields)._no_exact_parallel_form() is None:
             fields["gradients"] = rng_gradients.choice(["per_chunk", "per_token"])
+        if fields["bias"] == "huber":
+            fields["huber_form"] = rng_huber.choice(HUBER_FORMS)
         specs.append(MemorySpec(**fields))
     return specs
 
@@ -71,6 +74,12 @@ def assert_equivalent(spec: MemorySpec, T: int, chunk_size: int, seed: int = 0, 
 @pytest.mark.parametrize("preset", sorted(presets.PRESETS))
 def test_chunk_presets(preset, T, chunk_size):
     assert_equivalent(presets.get(preset), T, chunk_size)
+
+
+@pytest.mark.parametrize("huber_form", ["norm", "coordinate"])
+@pytest.mark.parametrize("T, chunk_size", [(7, 1), (63, 8), (100, 64)])
+def test_chunk_yaad_huber_forms(huber_form, T, chunk_size):
+    assert_equivalent(presets.yaad(huber_form=huber_form), T, chunk_size)
 
 
 @pytest.mark.parametrize(

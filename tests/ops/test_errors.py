@@ -22,6 +22,8 @@ from tests.ops.inputs import make_inputs
         ({"mlp_norm": "rms"}, "MemorySpec.mlp_norm"),
         ({"gradient_at": "before"}, "MemorySpec.gradient_at"),
         ({"lq_map": "dual"}, "MemorySpec.lq_map"),
+        ({"bias": "huber", "huber_form": "l1"}, "MemorySpec.huber_form='l1' is not allowed; choose one of 'mixture'"),
+        ({"bias": "l2", "huber_form": "norm"}, "MemorySpec.huber_form='norm' needs bias='huber' (got bias='l2')"),
         (
             {"gradients": "per_step"},
             "MemorySpec.gradients='per_step' is not allowed; choose one of 'per_chunk', 'per_token'",
