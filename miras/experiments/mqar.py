@@ -57,6 +57,8 @@ from miras.train.config import MQAR, ConfigError, resume_config
 #   Titans without momentum), each varied alone as issue 23 asks of the lp / lq exponents.
 # - yaad_huber_norm, yaad_huber_coordinate: Yaad with the paper's other two Huber forms (`MemorySpec.huber_form`),
 #   both continuous at the threshold, where Yaad's mixture jumps from the l2 write to a √V times larger l1 one.
+# - yaad_delta16: Yaad with Huber's δ starting at 16 instead of 1 (`ModelConfig.delta_init`): above the error's norm
+#   at initialization (about 11 at head dim 64), so that every token starts on the l2 side rather than the l1 side.
 VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "gated_deltanet_per_chunk16": ("gated_deltanet", {"gradients": "per_chunk"}, {"chunk_size": 16}),
     **{f"{p}_chunk16": (p, {}, {"chunk_size": 16}) for p in ("moneta", "yaad", "memora")},
@@ -65,6 +67,7 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "moneta_q2": ("moneta", {"q": 2.0}, {}),
     "yaad_l2": ("yaad", {"bias": "l2"}, {}),
     **{f"yaad_huber_{form}": ("yaad", {"huber_form": form}, {}) for form in ("norm", "coordinate")},
+    "yaad_delta16": ("yaad", {}, {"delta_init": 16.0}),
 }
 MODELS = (TRANSFORMER, *PRESETS, *VARIANTS)
 RESULTS_FILE = "mqar.json"

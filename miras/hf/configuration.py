@@ -54,6 +54,7 @@ class MirasConfig(PreTrainedConfig):
     rope_theta: float = 10000.0
     gate_rank: int = 32
     eta_init: float = 0.1
+    delta_init: float = 1.0
     hybrid_attention_every: int = 0
     attention_window: int = 2048
     max_position_embeddings: int = 4096

@@ -183,7 +183,7 @@ class MirasLayer(nn.Module):
             alpha_rank = 0 if config.alpha_gate == "constant" else rank
             self.alpha_gate = Gate(hidden, H, alpha_rank, "sigmoid", alpha_init(config.alpha_gate, H))
         self.theta_gate = Gate(hidden, H, rank, "sigmoid", [0.5] * H) if spec.algorithm == "momentum" else None
-        self.delta_gate = Gate(hidden, H, rank, "softplus", [1.0] * H) if spec.bias == "huber" else None
+        self.delta_gate = Gate(hidden, H, rank, "softplus", [config.delta_init] * H) if spec.bias == "huber" else None
 
         shapes = weight_shapes(spec, D, D)  # raises for an impossible memory (e.g. residual with K != V)
         self.memory_init = nn.ParameterList([nn.Parameter(torch.empty(H, o, i)) for o, i in shapes])

@@ -151,6 +151,11 @@ def test_gates_init():
 
     yaad = MirasLayer(_config("yaad"), 0)
     torch.testing.assert_close(yaad._gates(x)[3].mean(), torch.tensor(1.0), atol=0.1, rtol=0)  # δ starts near 1
+    wide = MirasLayer(_config("yaad", delta_init=16.0), 0)  # ModelConfig.delta_init
+    torch.testing.assert_close(wide._gates(x)[3].mean(), torch.tensor(16.0), atol=0.1, rtol=0)
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="delta_init"):
+            _config("yaad", delta_init=bad)
     assert MirasLayer(_config("titans"), 0)._gates(x)[2] is not None
     delta_rule = MirasLayer(_config("deltanet"), 0)
     assert eta_max(delta_rule.spec, 8) == 1.0 and delta_rule.alpha_gate is None
