@@ -47,7 +47,8 @@ class MemorySpec:
 
     memory:     "linear" (M(k) = W k) or "mlp" (M(x) = x + N(W_L σ(... σ(W_1 x))), paper default depth 2).
     bias:       attentional bias, the inner loss on e = M(k) - v: "dot" (-<M(k), v>), "l2" (½‖e‖²),
-                "lp" (‖e‖_p^p), "huber" (Yaad: l2 gradient if ‖e‖ ≤ δ_t else δ_t ∇‖e‖₁; huber_form), "robust" (½‖e‖² + Δ‖e‖).
+                "lp" (‖e‖_p^p), "huber" (Yaad: l2 gradient if ‖e‖ ≤ δ_t else δ_t ∇‖e‖₁; huber_form),
+                "robust" (½‖e‖² + Δ‖e‖).
     retention:  "none", "decay" (W ← α W), "lq" (Moneta: A ← α A, W = A/‖A‖_q^{q-2}), "kl" (Memora: W = c·softmax
                 of logits A ← α A), "elastic" (W = soft-threshold of A ← α A).
     algorithm:  "gd" or "momentum" (S ← θ S - η g, W ← α W + S).

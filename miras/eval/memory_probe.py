@@ -10,8 +10,8 @@ token, so the numbers are the writes exactly. For later chunks they describe the
     python -m miras.eval.memory_probe RUN [RUN ...] [--init] [--examples 256]
 
 RUN: a finished MQAR run folder (`miras recall mqar` or `miras train --data mqar`); the probe draws fresh MQAR test
-sequences of its setting. --init probes a fresh model of each run's config (seeded with the run's seed) instead of
-its trained weights. Issue 23's diagnosis of Yaad's Huber bias used it (miras/experiments/README.md, section 5).
+sequences of its setting. --init probes the run's initial weights (a model of its config seeded as the trainer
+seeds it) instead of its trained ones. Issue 23's diagnosis of Yaad's Huber bias used it (miras/experiments/README.md, section 5).
 """
 
 from __future__ import annotations
@@ -75,8 +75,9 @@ def probe_run(run_dir: str, *, init: bool = False, examples: int = 256, seed: in
     if train.get("data") != "mqar":
         raise ValueError(f"{run_dir}: not an MQAR run (data {train.get('data')!r}); the probe draws MQAR sequences")
     config = ModelConfig.from_dict(saved["model"])
-    torch.manual_seed(train["seed"])
-    model = MirasLM(config)
+    with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
+        torch.manual_seed(train["seed"])  # as the trainer seeds right before the model: the run's initial weights
+        model = MirasLM(config)
     if not init:
         load_model_weights(model, run_dir)
     model.eval()

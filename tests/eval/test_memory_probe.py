@@ -38,7 +38,9 @@ def test_cli_probes_a_finished_mqar_run_and_names_a_bad_folder(tmp_path, capsys)
     config = mqar_model_config("yaad", 16, vocab_size=32, seq_len=16)
     kwargs = dict(seq_len=16, num_kv_pairs=2, steps=2, batch_size=4, lr=1e-3, seed=0, test_examples=8, threads=1)
     train_mqar(config, run_dir=tmp_path / "run", **kwargs)
+    before = torch.random.get_rng_state()
     assert memory_probe.main([str(tmp_path / "run"), "--examples", "8"]) == 0
+    assert torch.equal(torch.random.get_rng_state(), before)  # the probe's seeding stays inside it
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("| run | layer | ‖e‖") and len(out) == 2 + 2  # header, rule, one row per layer
     assert memory_probe.main([str(tmp_path / "run"), "--init", "--examples", "8"]) == 0
