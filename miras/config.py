@@ -92,9 +92,12 @@ class ModelConfig:
     gate_rank:               rank r of the gate projections x -> R^r -> R^H.
     eta_init:                η's initial value as a fraction of η_max, the top of the data-dependent η gate's
                              range (0, η_max) (layers/miras_layer.py); in (0, 1).
-    delta_init:              Huber's threshold δ_t at initialization (bias="huber", Yaad; a softplus gate), > 0. A
-                             write's error ‖M(k) − v‖ starts near √(2·head_dim) (about 11 at 64), so at the default
-                             1.0 every token starts outside the δ-ball, on the l1 side of Huber.
+    delta_init:              Huber's threshold δ_t at initialization (bias="huber", Yaad; a softplus gate), > 0;
+                             None means 2·√head_dim (16 at head dim 64). A write's error ‖M(k) − v‖ starts near
+                             √(2·head_dim) (unit-RMS values and memory outputs), so the default puts every token
+                             inside the δ-ball, on Huber's l2 side, and δ_t learns where the outliers begin; at
+                             1.0 (the default before issue 23) every token starts outside it, an l1 memory, and
+                             Yaad learns no recall (miras/experiments/README.md, "Recall", section 5).
     hybrid_attention_every:  0: no attention; N: every N-th block (the N-th, 2N-th, ...) is sliding-window attention
                              (the paper's "-H" hybrids, Samba-style ordering).
     attention_window:        keys each sliding-window query sees, itself included.
@@ -121,7 +124,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     gate_rank: int = 32
     eta_init: float = 0.1
-    delta_init: float = 1.0
+    delta_init: float | None = None
     hybrid_attention_every: int = 0
     attention_window: int = 2048
     max_position_embeddings: int = 4096
@@ -161,7 +164,7 @@ class ModelConfig:
         ):
             _positive_int(name, getattr(self, name))
         _positive_int("hybrid_attention_every", self.hybrid_attention_every, low=0)
-        for name in ("norm_eps", "initializer_range", "rope_theta", "delta_init"):
+        for name in ("norm_eps", "initializer_range", "rope_theta"):
             _positive_float(name, getattr(self, name))
         if not (
             isinstance(self.eta_init, (int, float)) and not isinstance(self.eta_init, bool) and 0 < self.eta_init < 1
@@ -178,6 +181,9 @@ class ModelConfig:
                 )
             self.head_dim = self.hidden_size // self.num_heads
         _positive_int("head_dim", self.head_dim)
+        if self.delta_init is None:
+            self.delta_init = 2.0 * math.sqrt(self.head_dim)
+        _positive_float("delta_init", self.delta_init)
         if self.use_rope and self.head_dim % 2:
             raise ValueError(f"ModelConfig.head_dim={self.head_dim} must be even when use_rope=True")
         if self.intermediate_size is None:

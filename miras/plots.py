@@ -21,21 +21,30 @@ from miras.io_atomic import write_bytes_atomic
 
 
 def plot_accuracy_vs_width(
-    results: Mapping[str, Mapping[int, float]], path: str | os.PathLike, *, title: str = "MQAR"
+    results: Mapping[str, Mapping[int, float]],
+    path: str | os.PathLike,
+    *,
+    title: str = "MQAR",
+    xlabel: str = "model width",
+    tick_every_point: bool = True,
 ) -> None:
-    """Zoology's MQAR figure: accuracy against model width (log2 axis), one line per model.
+    """Zoology's MQAR figure: accuracy against model width (log2 axis), one line per model; with another `xlabel`
+    (e.g. state size) the same figure against that quantity.
 
-    results: model name -> {width (d_model): accuracy in [0, 1]}.
+    results: model name -> {width (d_model), or the other quantity: accuracy in [0, 1]}. tick_every_point: a plain
+    tick at every x of the points (widths), rather than the axis's own powers of two (state sizes, which differ per
+    model).
     """
     fig, ax = _figure()
     for name, by_width in results.items():
         widths = sorted(by_width)
         ax.plot(widths, [by_width[w] for w in widths], marker="o", label=name)
     ax.set_xscale("log", base=2)
-    widths = sorted({w for by_width in results.values() for w in by_width})
-    ax.set_xticks(widths, [str(w) for w in widths])  # plain widths rather than powers of two
-    ax.minorticks_off()
-    ax.set_xlabel("model width")
+    if tick_every_point:
+        widths = sorted({w for by_width in results.values() for w in by_width})
+        ax.set_xticks(widths, [str(w) for w in widths])  # plain widths rather than powers of two
+        ax.minorticks_off()
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title)

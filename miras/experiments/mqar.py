@@ -36,7 +36,7 @@ from miras.config import TRANSFORMER, ModelConfig
 from miras.data.synthetic import mqar_splits
 from miras.experiments.results import ResultsStore
 from miras.io_atomic import write_text_atomic
-from miras.models import MirasLM
+from miras.models import MirasLM, state_size
 from miras.presets import PRESETS
 from miras.run.checkpoint import CheckpointError, resumable_checkpoint
 from miras.run.folder import CONFIG_FILE, MetricsLog
@@ -57,8 +57,9 @@ from miras.train.config import MQAR, ConfigError, resume_config
 #   Titans without momentum), each varied alone as issue 23 asks of the lp / lq exponents.
 # - yaad_huber_norm, yaad_huber_coordinate: Yaad with the paper's other two Huber forms (`MemorySpec.huber_form`),
 #   both continuous at the threshold, where Yaad's mixture jumps from the l2 write to a √V times larger l1 one.
-# - yaad_delta16: Yaad with Huber's δ starting at 16 instead of 1 (`ModelConfig.delta_init`): above the error's norm
-#   at initialization (about 11 at head dim 64), so that every token starts on the l2 side rather than the l1 side.
+# - yaad_delta1: Yaad with Huber's δ starting at 1 (`ModelConfig.delta_init`), the layer's start before issue 23 changed
+#   it to 2·√head_dim (16 at head dim 64, above the error's norm at initialization, about 11): every token then
+#   starts outside the δ-ball, on the l1 side, and the preset learned no recall.
 VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "gated_deltanet_per_chunk16": ("gated_deltanet", {"gradients": "per_chunk"}, {"chunk_size": 16}),
     **{f"{p}_chunk16": (p, {}, {"chunk_size": 16}) for p in ("moneta", "yaad", "memora")},
@@ -67,7 +68,7 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "moneta_q2": ("moneta", {"q": 2.0}, {}),
     "yaad_l2": ("yaad", {"bias": "l2"}, {}),
     **{f"yaad_huber_{form}": ("yaad", {"huber_form": form}, {}) for form in ("norm", "coordinate")},
-    "yaad_delta16": ("yaad", {}, {"delta_init": 16.0}),
+    "yaad_delta1": ("yaad", {}, {"delta_init": 1.0}),
 }
 MODELS = (TRANSFORMER, *PRESETS, *VARIANTS)
 RESULTS_FILE = "mqar.json"
@@ -384,7 +385,10 @@ def mqar_sweep(
     With out_dir, each run trains in its own run folder, out_dir/runs/<model>-w<width>-T<seq len>-kv<pairs>-lr<lr>-
     s<seed>; records are written to out_dir/mqar.json after every run (atomically), the table and figures are
     refreshed, and a rerun with the same sweep skips the runs already recorded without an error (more seeds, lrs,
-    models, widths or settings add runs to the same folder). Without out_dir the runs train in temporary folders.
+    models, widths or settings add runs to the same folder). Records of the same budget outside this grid, made into
+    the folder by other commands, are kept: the file, table and figures cover them all (`covering_sweep`), so a sweep
+    can be made by several commands (e.g. one per setting, or per model) and committed as its mqar.json alone. Without
+    out_dir the runs train in temporary folders.
 
     train_missing=False (`--collect`) trains nothing: it reports the runs whose folders under out_dir/runs finished
     (e.g. parts of the sweep run elsewhere, their folders copied in) and leaves the others out of the records.
@@ -394,8 +398,16 @@ def mqar_sweep(
     runs = sweep.runs()
     keys = [_run_key(run) for run in runs]
     saved = _load_records(out_dir, sweep) if out_dir is not None else {}
-    # The file only ever holds this grid's runs: earlier ones are kept (and skipped) where they succeeded.
+    # This grid's runs recorded earlier are kept (and skipped) where they succeeded; runs of the same budget outside
+    # this grid (e.g. other seeds, models or settings run into the folder before) stay in the file and the report.
     by_key = {key: saved[key] for key in keys if key in saved and "error" not in saved[key]}
+    grid = set(keys)
+    others = [record for key, record in saved.items() if key not in grid]
+
+    def report() -> None:
+        done = others + [by_key[k] for k in keys if k in by_key]
+        write_mqar_report(done, covering_sweep(sweep, done), out_dir)
+
     for i, (run, key) in enumerate(zip(runs, keys), 1):
         if key in by_key:
             continue
@@ -420,11 +432,27 @@ def mqar_sweep(
             by_key[key] = {**run, "error": f"{type(e).__name__}: {e}"}
             log(f"{label}: FAILED: {by_key[key]['error']}")
         if out_dir is not None:
-            write_mqar_report([by_key[k] for k in keys if k in by_key], sweep, out_dir)
-    records = [by_key[key] for key in keys if key in by_key]
+            report()
     if out_dir is not None:
-        write_mqar_report(records, sweep, out_dir)
-    return records
+        report()
+    return [by_key[key] for key in keys if key in by_key]
+
+
+def covering_sweep(sweep: MQARSweep, records: Sequence[dict]) -> MQARSweep:
+    """`sweep` grown to every model, setting, width, lr and seed of `records` (runs of the same budget): the grid a
+    folder's report covers when runs of several commands were made into it."""
+
+    def union(values, extra):
+        return tuple(dict.fromkeys([*values, *extra]))
+
+    return dataclasses.replace(
+        sweep,
+        models=union(sweep.models, (r["model"] for r in records)),
+        settings=union(sweep.settings, ((r["seq_len"], r["num_kv_pairs"]) for r in records)),
+        widths=tuple(sorted(set(sweep.widths) | {r["width"] for r in records})),
+        lrs=union(sweep.lrs, (float(r["lr"]) for r in records)),
+        seeds=union(sweep.seeds, (r["seed"] for r in records)),
+    )
 
 
 def _finished(run_dir: Path, steps: int) -> bool:
@@ -499,11 +527,26 @@ def _cell(point: dict | None, sweep: MQARSweep) -> str:
     return f"{100 * point['median']:.1f} ({spread}{seeds}{lr})"
 
 
+def _state_size(sweep: MQARSweep, model: str, width: int, seq_len: int) -> int:
+    return state_size(sweep.model_config(model, width, seq_len), seq_len)
+
+
+def state_size_table(sweep: MQARSweep) -> str:
+    """Markdown: the decode state (`miras.models.state_size`: floats per sequence over all blocks) of every (seq_len,
+    kv, model) row and width column of the accuracy table: attention's grows with the sequence, a memory's does not."""
+    header = "| seq len | kv pairs | model | " + " | ".join(f"d={w}" for w in sweep.widths) + " |"
+    lines = [header, "|" + " --- |" * (3 + len(sweep.widths))]
+    for (seq_len, kv), model in itertools.product(sweep.settings, sweep.models):
+        cells = [f"{_state_size(sweep, model, width, seq_len):,}" for width in sweep.widths]
+        lines.append(f"| {seq_len} | {kv} | {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_mqar_report(records: Sequence[dict], sweep: MQARSweep, out_dir: str | Path) -> None:
-    """out_dir/mqar.json (sweep + records), mqar.md (table, budget, failures) and per (seq_len, kv) setting two
-    figures: accuracy against width, mqar-T{seq_len}-kv{kv}.png, and the learning curves (accuracy against step, the
-    median over seeds at the best lr, one panel per width), mqar-T{seq_len}-kv{kv}-curves.png. Every file is
-    replaced atomically."""
+    """out_dir/mqar.json (sweep + records), mqar.md (table, budget, failures, the state sizes) and per (seq_len, kv)
+    setting three figures: accuracy against width, mqar-T{seq_len}-kv{kv}.png, accuracy against state size,
+    mqar-T{seq_len}-kv{kv}-state.png, and the learning curves (accuracy against step, the median over seeds at the
+    best lr, one panel per width), mqar-T{seq_len}-kv{kv}-curves.png. Every file is replaced atomically."""
     from miras.plots import plot_accuracy_curves, plot_accuracy_vs_width  # loads matplotlib
 
     out_dir = Path(out_dir)
@@ -531,6 +574,7 @@ def write_mqar_report(records: Sequence[dict], sweep: MQARSweep, out_dir: str | 
             ]
             + [""]
         )
+    text += ["## State size", "", state_size_table(sweep)]
     write_text_atomic(out_dir / TABLE_FILE, "\n".join(text))
     summary = summarize(records)
     for seq_len, kv in sweep.settings:
@@ -544,6 +588,17 @@ def write_mqar_report(records: Sequence[dict], sweep: MQARSweep, out_dir: str | 
             continue
         title = f"MQAR: seq len {seq_len}, {kv} kv pairs"
         plot_accuracy_vs_width(by_width, out_dir / f"mqar-T{seq_len}-kv{kv}.png", title=title)
+        by_state = {
+            model: {_state_size(sweep, model, w, seq_len): accuracy for w, accuracy in curve.items()}
+            for model, curve in by_width.items()
+        }
+        plot_accuracy_vs_width(
+            by_state,
+            out_dir / f"mqar-T{seq_len}-kv{kv}-state.png",
+            title=title,
+            xlabel="state size (floats per sequence)",
+            tick_every_point=False,
+        )
         panels = {
             f"d={w}": {
                 model: median_curve(points[(model, w)]["curves"])
@@ -614,6 +669,7 @@ __all__ = [
     "MODELS",
     "MQARResult",
     "MQARSweep",
+    "covering_sweep",
     "make_sweep",
     "median_curve",
     "mqar_model_config",
@@ -621,6 +677,7 @@ __all__ = [
     "mqar_table",
     "mqar_train_config",
     "run_name",
+    "state_size_table",
     "summarize",
     "train_mqar",
     "write_mqar_report",

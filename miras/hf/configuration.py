@@ -26,6 +26,7 @@ RESOLVED_FROM = {
     "alpha_gate": ("preset",),
     "head_dim": ("hidden_size", "num_heads"),
     "intermediate_size": ("hidden_size",),
+    "delta_init": ("hidden_size", "num_heads", "head_dim"),
 }
 
 
@@ -54,7 +55,7 @@ class MirasConfig(PreTrainedConfig):
     rope_theta: float = 10000.0
     gate_rank: int = 32
     eta_init: float = 0.1
-    delta_init: float = 1.0
+    delta_init: float | None = None
     hybrid_attention_every: int = 0
     attention_window: int = 2048
     max_position_embeddings: int = 4096

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from miras.config import TRANSFORMER, ModelConfig
 from miras.layers import KVCache, MirasLayerCache
+from miras.memory.architecture import weight_shapes
 
 LayerCache = MirasLayerCache | KVCache
 
@@ -26,3 +28,25 @@ class MirasCache:
     def detach(self) -> "MirasCache":
         """The same cache cut from the autograd graph, for truncated backpropagation through time across segments."""
         return MirasCache(tuple(layer.detach() for layer in self.layers))
+
+
+def state_size(config: ModelConfig, seq_len: int) -> int:
+    """Floats a MirasLM(config) carries for one sequence after `seq_len` tokens, at a chunk boundary: its decode state,
+    the size zoology plots recall against. Per Miras block: the memory's weights (W, or the accumulator A of the
+    non-linear retentions), the momentum S of algorithm "momentum", and the short conv's history of q|k|v inputs; per
+    attention block: the keys and values it keeps (every token for full attention, the last window - 1 for
+    sliding-window attention). Between chunk boundaries the op keeps the unfinished chunk's anchor too (MirasState),
+    which is not counted: it is the chunked computation's, not the model's."""
+    if seq_len < 0:
+        raise ValueError(f"seq_len must be >= 0, got {seq_len}")
+    H, D = config.num_heads, config.head_dim
+    total = 0
+    for layer_idx in range(config.num_hidden_layers):
+        if config.is_attention_layer(layer_idx):
+            kept = seq_len if config.preset == TRANSFORMER else min(seq_len, config.attention_window - 1)
+            total += 2 * H * D * kept
+            continue
+        spec = config.memory_spec
+        memory = H * sum(o * i for o, i in weight_shapes(spec, D, D))
+        total += memory * (2 if spec.algorithm == "momentum" else 1) + 3 * H * D * (config.conv_size - 1)
+    return total

@@ -22,12 +22,13 @@ def _yaad(**fields) -> MirasLM:
 def test_huber_regime_at_initialization_follows_delta_init():
     ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(0))
     head_dim = 16
-    low, high = probe_memory(_yaad(), ids), probe_memory(_yaad(delta_init=100.0), ids)
-    assert len(low) == len(high) == 2 and all(set(row) == set(COLUMNS) for row in low + high)
+    low, default = probe_memory(_yaad(delta_init=1.0), ids), probe_memory(_yaad(), ids)
+    assert len(low) == len(default) == 2 and all(set(row) == set(COLUMNS) for row in low + default)
     for row in low:  # δ = 1 below every error: all on the l1 side, whose write is δ·Sign(e), of norm δ√V
         assert row["δ"] == pytest.approx(1.0, abs=0.05) and row["outside"] == 1.0
         assert row["‖u‖/‖e‖"] == pytest.approx(head_dim**0.5 / row["‖e‖"], rel=0.1)
-    for row in high:  # δ = 100 above every error: the l2 write, u = e
+    for row in default:  # δ = 2·√head_dim above every error (‖e‖ near √(2·head_dim)): the l2 write, u = e
+        assert row["δ"] == pytest.approx(2 * head_dim**0.5, rel=0.01) and row["‖e‖"] < row["δ"]
         assert row["outside"] == 0.0 and row["‖u‖/‖e‖"] == pytest.approx(1.0)
     titans = MirasLM(ModelConfig(preset="titans", hidden_size=32, num_hidden_layers=1, vocab_size=64))
     (row,) = probe_memory(titans, ids)

@@ -270,9 +270,12 @@ def test_sweep_skips_impossible_settings_writes_report_and_resumes(tmp_path):
     assert run_dir.name == "transformer-w16-T16-kv2-lr0.001-s0" and (run_dir / "metrics.jsonl").is_file()
     table = (tmp_path / "mqar.md").read_text()
     assert "| 16 | 4 | gated_deltanet |" in table and "d=16" in table
+    # the state sizes beside it: full attention keeps K and V of every token (2 layers x 2 x 16 tokens x width 16)
+    assert "## State size" in table and "| 16 | 2 | transformer | 1,024 |" in table
+    assert "| 8 | 2 | transformer | 512 |" in table
     for seq_len, kv in sweep.settings:
-        assert (tmp_path / f"mqar-T{seq_len}-kv{kv}.png").is_file()
-        assert (tmp_path / f"mqar-T{seq_len}-kv{kv}-curves.png").is_file()
+        for figure in ("", "-state", "-curves"):
+            assert (tmp_path / f"mqar-T{seq_len}-kv{kv}{figure}.png").is_file()
 
     again = []
     assert mqar_sweep(sweep, tmp_path, log=again.append) == records
@@ -282,6 +285,25 @@ def test_sweep_skips_impossible_settings_writes_report_and_resumes(tmp_path):
     lines = []
     assert mqar_sweep(more, tmp_path, log=lines.append)[:6] == records
     assert len(lines) == 6 and all("seed 1" in line for line in lines)
+
+    # A smaller grid into the same folder (one setting, one seed, after all) loses nothing: the file and the report
+    # still hold every run of this budget, and nothing trains again.
+    lines = []
+    part, _ = tiny_sweep(seq_lens=[16], kv_pairs=[4], seeds=[0])
+    assert len(mqar_sweep(part, tmp_path, log=lines.append)) == 2 and lines == []
+    saved = json.loads((tmp_path / "mqar.json").read_text())
+    assert len(saved["runs"]) == 12 and saved["sweep"]["seeds"] == [0, 1]
+    assert saved["sweep"]["settings"] == [[16, 4], [16, 2], [8, 2]]
+    table = (tmp_path / "mqar.md").read_text()
+    assert "| 8 | 2 | transformer |" in table and "2/2 seeds" in table
+    # ... and a run outside every grid so far (another model, from its record alone, its run folder gone) is kept too
+    moneta, _ = tiny_sweep(models=["moneta"], seq_lens=[16], kv_pairs=[2], seeds=[0])
+    mqar_sweep(moneta, tmp_path, log=lambda _: None)
+    shutil.rmtree(tmp_path / "runs")
+    lines = []
+    assert len(mqar_sweep(more, tmp_path, log=lines.append)) == 12 and lines == []
+    saved = json.loads((tmp_path / "mqar.json").read_text())
+    assert len(saved["runs"]) == 13 and saved["sweep"]["models"] == ["transformer", "gated_deltanet", "moneta"]
 
     other, _ = tiny_sweep(steps=3)
     with pytest.raises(ConfigError, match="another budget") as e:

@@ -149,10 +149,13 @@ def test_gates_init():
         with pytest.raises(ValueError, match="eta_init"):
             _config("moneta", eta_init=bad)
 
+    # δ starts at 2·√head_dim (head dim 8 here), above the initial error's norm √(2·head_dim); delta_init sets it
     yaad = MirasLayer(_config("yaad"), 0)
-    torch.testing.assert_close(yaad._gates(x)[3].mean(), torch.tensor(1.0), atol=0.1, rtol=0)  # δ starts near 1
-    wide = MirasLayer(_config("yaad", delta_init=16.0), 0)  # ModelConfig.delta_init
-    torch.testing.assert_close(wide._gates(x)[3].mean(), torch.tensor(16.0), atol=0.1, rtol=0)
+    assert _config("yaad").delta_init == pytest.approx(2 * 8**0.5)
+    torch.testing.assert_close(yaad._gates(x)[3].mean(), torch.tensor(2 * 8**0.5), atol=0.1, rtol=0)
+    narrow = MirasLayer(_config("yaad", delta_init=1.0), 0)  # the start before issue 23
+    torch.testing.assert_close(narrow._gates(x)[3].mean(), torch.tensor(1.0), atol=0.1, rtol=0)
+    assert _config("yaad", head_dim=32).delta_init == pytest.approx(2 * 32**0.5)
     for bad in (0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="delta_init"):
             _config("yaad", delta_init=bad)
