@@ -106,6 +106,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--threads", type=int, default=-1, help="CPU threads per run (-1: all cores this process may use; default -1)"
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs trained at once, each in a process of its own (on a CPU each gets cores / jobs threads unless "
+        "--threads is given; on a GPU they share it); results do not depend on it (default: %(default)s)",
+    )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="(default: auto)")
     parser.add_argument("--out", default="runs/mqar", metavar="DIR", help="output folder (default: %(default)s)")
     parser.add_argument(
@@ -122,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     from miras.device import resolve_device
     from miras.experiments.mqar import make_sweep, mqar_sweep, mqar_table
 
-    check_positive(args, "layers", "heads", "test_examples", "train_examples")
+    check_positive(args, "layers", "heads", "test_examples", "train_examples", "jobs")
     sweep, skipped = make_sweep(
         args.models,
         args.seq_lens,
@@ -142,8 +149,11 @@ def run(args: argparse.Namespace) -> int:
     )
     for seq_len, kv in skipped:
         print(f"skipped seq len {seq_len} with {kv} kv pairs: MQAR needs seq len >= 4 x kv pairs")
-    records = mqar_sweep(sweep, args.out, train_missing=not args.collect)
+    records = mqar_sweep(sweep, args.out, train_missing=not args.collect, jobs=args.jobs)
     print()
     print(mqar_table(records, sweep), end="")
-    print(f"\nwrote {args.out}/mqar.md, mqar.json, mqar-T<seq len>-kv<pairs>[-curves].png and the run folders in runs/")
+    print(
+        f"\nwrote {args.out}/mqar.md, mqar.json, mqar-T<seq len>-kv<pairs>[-state|-curves].png and the run folders in "
+        "runs/"
+    )
     return 1 if any("error" in r for r in records) else 0

@@ -21,10 +21,13 @@ import contextlib
 import dataclasses
 import itertools
 import math
+import multiprocessing
+import os
 import shutil
 import statistics
 import tempfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -378,6 +381,7 @@ def mqar_sweep(
     *,
     log: Callable[[str], None] = print,
     train_missing: bool = True,
+    jobs: int = 1,
 ) -> list[dict]:
     """Run every point of `sweep`; returns one record per run: MQARResult.to_dict(), or the run's keys plus "error"
     when it failed (a diverging or crashing model is reported, not fatal to the sweep).
@@ -392,9 +396,13 @@ def mqar_sweep(
 
     train_missing=False (`--collect`) trains nothing: it reports the runs whose folders under out_dir/runs finished
     (e.g. parts of the sweep run elsewhere, their folders copied in) and leaves the others out of the records.
+
+    jobs: runs trained at once, each in a worker process (each run is deterministic, so its result does not depend
+    on `jobs`); on a CPU each gets cores // jobs threads unless the sweep sets `threads`, on a GPU they share it.
     """
     if not train_missing and out_dir is None:
         raise ConfigError("out", "collecting finished runs needs the folder that holds them")
+    check_int("jobs", jobs, error=ConfigError)
     runs = sweep.runs()
     keys = [_run_key(run) for run in runs]
     saved = _load_records(out_dir, sweep) if out_dir is not None else {}
@@ -408,6 +416,7 @@ def mqar_sweep(
         done = others + [by_key[k] for k in keys if k in by_key]
         write_mqar_report(done, covering_sweep(sweep, done), out_dir)
 
+    pending = []
     for i, (run, key) in enumerate(zip(runs, keys), 1):
         if key in by_key:
             continue
@@ -419,20 +428,36 @@ def mqar_sweep(
         if not train_missing and not _finished(run_dir, sweep.steps):
             log(f"{label}: not run (no finished run folder)")
             continue
-        try:
-            result = train_mqar(
-                sweep.model_config(run["model"], run["width"], run["seq_len"]),
-                name=run["model"],
-                run_dir=run_dir,
-                **_run_settings(sweep, run),
-            )
-            by_key[key] = {**result.to_dict(), "run_dir": "" if run_dir is None else f"{RUNS_DIR}/{run_name(run)}"}
-            log(f"{label}: accuracy {result.accuracy:.3f} ({result.seconds:.0f} s)")
-        except (RuntimeError, FloatingPointError) as e:  # a model that diverges or breaks; bad input fails earlier
-            by_key[key] = {**run, "error": f"{type(e).__name__}: {e}"}
-            log(f"{label}: FAILED: {by_key[key]['error']}")
+        pending.append((key, label, run, run_dir))
+
+    def finished(key: tuple, label: str, record: dict) -> None:
+        by_key[key] = record
+        if "error" in record:
+            log(f"{label}: FAILED: {record['error']}")
+        else:
+            log(f"{label}: accuracy {record['accuracy']:.3f} ({record['seconds']:.0f} s)")
         if out_dir is not None:
             report()
+
+    if jobs == 1 or len(pending) < 2:
+        for key, label, run, run_dir in pending:
+            finished(key, label, _train_run(sweep, run, run_dir))
+    else:
+        # Worker processes (spawned: a fresh interpreter, no forked torch state), each run on its share of the cores
+        # unless --threads says otherwise; this process alone writes the results, in the order runs finish.
+        threads = sweep.threads if sweep.threads > 0 else max(1, len(os.sched_getaffinity(0)) // jobs)
+        shared = dataclasses.replace(sweep, threads=threads)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = {
+                pool.submit(_train_run, shared, run, run_dir): (key, label) for key, label, run, run_dir in pending
+            }
+            try:
+                for future in as_completed(futures):
+                    finished(*futures[future], future.result())
+            except BaseException:  # Ctrl-C or a worker lost: start no more runs (the running ones keep checkpoints)
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     if out_dir is not None:
         report()
     return [by_key[key] for key in keys if key in by_key]
@@ -453,6 +478,20 @@ def covering_sweep(sweep: MQARSweep, records: Sequence[dict]) -> MQARSweep:
         lrs=union(sweep.lrs, (float(r["lr"]) for r in records)),
         seeds=union(sweep.seeds, (r["seed"] for r in records)),
     )
+
+
+def _train_run(sweep: MQARSweep, run: dict, run_dir: Path | None) -> dict:
+    """One run of the sweep (in this process or a worker's): its record, or its keys plus "error" when it failed."""
+    try:
+        result = train_mqar(
+            sweep.model_config(run["model"], run["width"], run["seq_len"]),
+            name=run["model"],
+            run_dir=run_dir,
+            **_run_settings(sweep, run),
+        )
+    except (RuntimeError, FloatingPointError) as e:  # a model that diverges or breaks; bad input fails earlier
+        return {**run, "error": f"{type(e).__name__}: {e}"}
+    return {**result.to_dict(), "run_dir": "" if run_dir is None else f"{RUNS_DIR}/{run_name(run)}"}
 
 
 def _finished(run_dir: Path, steps: int) -> bool:

@@ -343,6 +343,22 @@ def test_a_sweep_run_in_parts_is_collected_without_training(tmp_path, monkeypatc
         mqar_sweep(whole, None, train_missing=False)
 
 
+def test_runs_trained_in_worker_processes_give_the_same_records(tmp_path):
+    """jobs=2 trains two runs at once in spawned processes; each run is deterministic, so the records (accuracy,
+    curve, losses) are those of jobs=1, in the grid's order, and the file is written by this process alone."""
+    sweep, _ = tiny_sweep(seq_lens=[16], kv_pairs=[2], seeds=[0, 1])
+    one = mqar_sweep(sweep, tmp_path / "one", log=lambda _: None)
+    lines = []
+    two = mqar_sweep(sweep, tmp_path / "two", log=lines.append, jobs=2)
+    keep = ("model", "seed", "accuracy", "test_loss", "train_loss", "curve", "run_dir")
+    assert [{k: r[k] for k in keep} for r in two] == [{k: r[k] for k in keep} for r in one]
+    assert len(lines) == 4 and all("accuracy" in line for line in lines)
+    assert len(json.loads((tmp_path / "two" / "mqar.json").read_text())["runs"]) == 4
+    with pytest.raises(ConfigError, match="jobs") as e:
+        mqar_sweep(sweep, tmp_path / "three", jobs=0)
+    assert e.value.field == "jobs"
+
+
 def test_a_file_from_before_seeds_is_refused(tmp_path):
     sweep, _ = tiny_sweep()
     old = {k: v for k, v in mqar_module._sweep_dict(sweep).items() if k not in ("seeds", "curve_points")}
