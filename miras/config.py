@@ -93,7 +93,8 @@ class ModelConfig:
     eta_init:                η's initial value as a fraction of η_max, the top of the data-dependent η gate's
                              range (0, η_max) (layers/miras_layer.py); in (0, 1).
     delta_init:              Huber's threshold δ_t at initialization (bias="huber", Yaad; a softplus gate), > 0;
-                             None means 2·√head_dim (16 at head dim 64). A write's error ‖M(k) − v‖ starts near
+                             None means 2·√head_dim (16 at head dim 64), derived by the layer, so that a config
+                             copied to another head dim (dataclasses.replace) keeps the rule. A write's error ‖M(k) − v‖ starts near
                              √(2·head_dim) (unit-RMS values and memory outputs), so the default puts every token
                              inside the δ-ball, on Huber's l2 side, and δ_t learns where the outliers begin; at
                              1.0 (the default before issue 23) every token starts outside it, an l1 memory, and
@@ -181,9 +182,8 @@ class ModelConfig:
                 )
             self.head_dim = self.hidden_size // self.num_heads
         _positive_int("head_dim", self.head_dim)
-        if self.delta_init is None:
-            self.delta_init = 2.0 * math.sqrt(self.head_dim)
-        _positive_float("delta_init", self.delta_init)
+        if self.delta_init is not None:
+            _positive_float("delta_init", self.delta_init)
         if self.use_rope and self.head_dim % 2:
             raise ValueError(f"ModelConfig.head_dim={self.head_dim} must be even when use_rope=True")
         if self.intermediate_size is None:

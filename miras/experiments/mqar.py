@@ -58,11 +58,12 @@ from miras.train.config import MQAR, ConfigError, resume_config
 # - moneta_p2, moneta_q2, yaad_l2: one of the paper's choices for Moneta / Yaad undone: the lp bias at p = 2 (the l2
 #   bias; η_max's 1/p absorbs lp's factor p), the lq retention at q = 2, the l2 bias instead of Huber (Yaad becomes
 #   Titans without momentum), each varied alone as issue 23 asks of the lp / lq exponents.
-# - yaad_huber_norm, yaad_huber_coordinate: Yaad with the paper's other two Huber forms (`MemorySpec.huber_form`),
-#   both continuous at the threshold, where Yaad's mixture jumps from the l2 write to a √V times larger l1 one.
 # - yaad_delta1: Yaad with Huber's δ starting at 1 (`ModelConfig.delta_init`), the layer's start before issue 23 changed
 #   it to 2·√head_dim (16 at head dim 64, above the error's norm at initialization, about 11): every token then
 #   starts outside the δ-ball, on the l1 side, and the preset learned no recall.
+# - yaad_delta1_huber_norm, yaad_delta1_huber_coordinate: yaad_delta1 with the paper's other two Huber forms
+#   (`MemorySpec.huber_form`), both continuous at the threshold, where Yaad's mixture jumps from the l2 write to a √V
+#   times larger l1 one: the two suspects of the δ-1 start, tested apart (experiments README, "Recall", section 5).
 VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "gated_deltanet_per_chunk16": ("gated_deltanet", {"gradients": "per_chunk"}, {"chunk_size": 16}),
     **{f"{p}_chunk16": (p, {}, {"chunk_size": 16}) for p in ("moneta", "yaad", "memora")},
@@ -70,8 +71,8 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "moneta_p2": ("moneta", {"p": 2.0}, {}),
     "moneta_q2": ("moneta", {"q": 2.0}, {}),
     "yaad_l2": ("yaad", {"bias": "l2"}, {}),
-    **{f"yaad_huber_{form}": ("yaad", {"huber_form": form}, {}) for form in ("norm", "coordinate")},
     "yaad_delta1": ("yaad", {}, {"delta_init": 1.0}),
+    **{f"yaad_delta1_huber_{f}": ("yaad", {"huber_form": f}, {"delta_init": 1.0}) for f in ("norm", "coordinate")},
 }
 MODELS = (TRANSFORMER, *PRESETS, *VARIANTS)
 RESULTS_FILE = "mqar.json"

@@ -26,7 +26,6 @@ RESOLVED_FROM = {
     "alpha_gate": ("preset",),
     "head_dim": ("hidden_size", "num_heads"),
     "intermediate_size": ("hidden_size",),
-    "delta_init": ("hidden_size", "num_heads", "head_dim"),
 }
 
 

@@ -36,6 +36,7 @@ Axis legend: B batch, T time, H heads, D head dim.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -183,7 +184,10 @@ class MirasLayer(nn.Module):
             alpha_rank = 0 if config.alpha_gate == "constant" else rank
             self.alpha_gate = Gate(hidden, H, alpha_rank, "sigmoid", alpha_init(config.alpha_gate, H))
         self.theta_gate = Gate(hidden, H, rank, "sigmoid", [0.5] * H) if spec.algorithm == "momentum" else None
-        self.delta_gate = Gate(hidden, H, rank, "softplus", [config.delta_init] * H) if spec.bias == "huber" else None
+        self.delta_gate = None
+        if spec.bias == "huber":  # δ starts above the initial error's norm, about √(2·D) (ModelConfig.delta_init)
+            delta = config.delta_init if config.delta_init is not None else 2.0 * math.sqrt(D)
+            self.delta_gate = Gate(hidden, H, rank, "softplus", [delta] * H)
 
         shapes = weight_shapes(spec, D, D)  # raises for an impossible memory (e.g. residual with K != V)
         self.memory_init = nn.ParameterList([nn.Parameter(torch.empty(H, o, i)) for o, i in shapes])

@@ -58,8 +58,8 @@ def test_attention_solves_mqar_with_four_pairs():
 
 def test_named_variants_are_the_designs_they_name():
     """A sweep runs the named variants beside the presets: gated DeltaNet's per-chunk approximation at chunk 16, the
-    per-chunk MLP presets at chunk 16, Moneta at p = 2 or q = 2, Yaad with the l2 bias; each is its preset with
-    exactly those changes."""
+    per-chunk MLP presets at chunk 16, Moneta at p = 2 or q = 2, Yaad with the l2 bias, Yaad's old δ start and Huber
+    forms; each is its preset with exactly those changes."""
     sweep, _ = make_sweep(
         ["gated_deltanet", *mqar_module.VARIANTS], [32], [4], [16], [1e-3], steps=2, batch_size=2, seeds=(0,)
     )
@@ -75,6 +75,12 @@ def test_named_variants_are_the_designs_they_name():
     assert sweep.model_config("moneta_p2", 16, 32).memory_spec == dataclasses.replace(moneta, p=2.0)
     assert sweep.model_config("moneta_q2", 16, 32).memory_spec == dataclasses.replace(moneta, q=2.0)
     assert sweep.model_config("yaad_l2", 16, 32).memory_spec == dataclasses.replace(yaad, bias="l2")
+    # Yaad's δ start: 2·√head_dim by default, 1 (the start before issue 23) in the yaad_delta1 family
+    assert sweep.model_config("yaad", 16, 32).delta_init is None  # the layer's 2·√head_dim
+    assert sweep.model_config("yaad_delta1", 16, 32).delta_init == 1.0
+    for form in ("norm", "coordinate"):
+        variant = sweep.model_config(f"yaad_delta1_huber_{form}", 16, 32)
+        assert variant.memory_spec == dataclasses.replace(yaad, huber_form=form) and variant.delta_init == 1.0
     with pytest.raises(ConfigError, match="models"):
         make_sweep(["gated_deltanet_chunk7"], [32], [4], [16], [1e-3], steps=2, batch_size=2)
 

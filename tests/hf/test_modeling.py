@@ -234,7 +234,7 @@ def test_loading_with_overrides_resolves_again(tmp_path):
         MirasConfig(hidden_size=64).intermediate_size,
     )
     assert AutoConfig.from_pretrained(tmp_path, hidden_size=64, head_dim=8).head_dim == 8
-    assert wide.delta_init == pytest.approx(2 * 16**0.5)  # Huber's δ start follows the head dim (2·√head_dim)
+    assert wide.delta_init is None  # Huber's δ start: the layer derives it from the head dim (2·√head_dim)
     assert AutoConfig.from_pretrained(tmp_path, head_dim=32, delta_init=1.0).delta_init == 1.0
     assert AutoConfig.from_pretrained(tmp_path, eos_token_id=3).spec["retention"] == "lq"
     with pytest.raises(ValueError, match="ModelConfig.num_heads=0"):
