@@ -94,11 +94,12 @@ class ModelConfig:
                              range (0, η_max) (layers/miras_layer.py); in (0, 1).
     delta_init:              Huber's threshold δ_t at initialization (bias="huber", Yaad; a softplus gate), > 0;
                              None means 2·√head_dim (16 at head dim 64), derived by the layer, so that a config
-                             copied to another head dim (dataclasses.replace) keeps the rule. A write's error ‖M(k) − v‖ starts near
-                             √(2·head_dim) (unit-RMS values and memory outputs), so the default puts every token
-                             inside the δ-ball, on Huber's l2 side, and δ_t learns where the outliers begin; at
-                             1.0 (the default before issue 23) every token starts outside it, an l1 memory, and
-                             Yaad learns no recall (miras/experiments/README.md, "Recall", section 5).
+                             copied to another head dim (dataclasses.replace) keeps the rule. A write's error
+                             ‖M(k) − v‖ starts near √(2·head_dim) (unit-RMS values and memory outputs), so the
+                             default puts every token inside the δ-ball, on Huber's l2 side, and δ_t learns where
+                             the outliers begin; at 1.0 (the default before issue 23) every token starts outside
+                             it, an l1 memory, and Yaad learns no recall (miras/experiments/README.md, "Recall",
+                             section 5).
     hybrid_attention_every:  0: no attention; N: every N-th block (the N-th, 2N-th, ...) is sliding-window attention
                              (the paper's "-H" hybrids, Samba-style ordering).
     attention_window:        keys each sliding-window query sees, itself included.

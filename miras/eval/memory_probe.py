@@ -11,7 +11,8 @@ token, so the numbers are the writes exactly. For later chunks they describe the
 
 RUN: a finished MQAR run folder (`miras recall mqar` or `miras train --data mqar`); the probe draws fresh MQAR test
 sequences of its setting. --init probes the run's initial weights (a model of its config seeded as the trainer
-seeds it) instead of its trained ones. Issue 23's diagnosis of Yaad's Huber bias used it (miras/experiments/README.md, section 5).
+seeds it) instead of its trained ones. Issue 23's diagnosis of Yaad's Huber bias used it (miras/experiments/README.md,
+section 5).
 """
 
 from __future__ import annotations

@@ -58,8 +58,8 @@ from miras.train.config import MQAR, ConfigError, resume_config
 # - moneta_p2, moneta_q2, yaad_l2: one of the paper's choices for Moneta / Yaad undone: the lp bias at p = 2 (the l2
 #   bias; η_max's 1/p absorbs lp's factor p), the lq retention at q = 2, the l2 bias instead of Huber (Yaad becomes
 #   Titans without momentum), each varied alone as issue 23 asks of the lp / lq exponents.
-# - yaad_delta1: Yaad with Huber's δ starting at 1 (`ModelConfig.delta_init`), the layer's start before issue 23 changed
-#   it to 2·√head_dim (16 at head dim 64, above the error's norm at initialization, about 11): every token then
+# - yaad_delta1: Yaad with Huber's δ starting at 1 (`ModelConfig.delta_init`), the layer's start before issue 23
+#   changed it to 2·√head_dim (16 at head dim 64, above the error's norm at initialization, about 11): every token then
 #   starts outside the δ-ball, on the l1 side, and the preset learned no recall.
 # - yaad_delta1_huber_norm, yaad_delta1_huber_coordinate: yaad_delta1 with the paper's other two Huber forms
 #   (`MemorySpec.huber_form`), both continuous at the threshold, where Yaad's mixture jumps from the l2 write to a √V
@@ -459,7 +459,7 @@ def mqar_sweep(
             except BaseException:  # Ctrl-C or a worker lost: start no more runs (the running ones keep checkpoints)
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
-    if out_dir is not None:
+    if out_dir is not None and not pending:  # nothing ran (a rerun, a collect): the report is still written once
         report()
     return [by_key[key] for key in keys if key in by_key]
 
