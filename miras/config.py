@@ -207,6 +207,12 @@ class ModelConfig:
         n = self.hybrid_attention_every
         return n > 0 and (layer_idx + 1) % n == 0
 
+    @property
+    def attention_span(self) -> int | None:
+        """The window of this model's attention blocks: None (every token) for the transformer, `attention_window`
+        for a hybrid's sliding-window blocks. The model and `state_size` both read it, so they cannot disagree."""
+        return None if self.preset == TRANSFORMER else self.attention_window
+
     @classmethod
     def from_size(cls, name: str, **overrides: object) -> "ModelConfig":
         """A named size ("tiny", "small", "170m", "340m", "780m", "1.3b") with field overrides."""

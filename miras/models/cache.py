@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from miras.config import TRANSFORMER, ModelConfig
+from miras.config import ModelConfig
 from miras.layers import KVCache, MirasLayerCache
 from miras.memory.architecture import weight_shapes
 
@@ -43,7 +43,8 @@ def state_size(config: ModelConfig, seq_len: int) -> int:
     total = 0
     for layer_idx in range(config.num_hidden_layers):
         if config.is_attention_layer(layer_idx):
-            kept = seq_len if config.preset == TRANSFORMER else min(seq_len, config.attention_window - 1)
+            span = config.attention_span
+            kept = seq_len if span is None else min(seq_len, span - 1)
             total += 2 * H * D * kept
             continue
         spec = config.memory_spec

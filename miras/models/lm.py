@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from miras.config import TRANSFORMER, ModelConfig
+from miras.config import ModelConfig
 from miras.layers import Attention, MirasLayer
 from miras.layers.weight_decay import no_weight_decay
 from miras.models.cache import LayerCache, MirasCache
@@ -52,8 +52,7 @@ class Block(nn.Module):
         super().__init__()
         self.mixer_norm = nn.RMSNorm(config.hidden_size, eps=config.norm_eps)
         if config.is_attention_layer(layer_idx):
-            window = None if config.preset == TRANSFORMER else config.attention_window
-            self.mixer: Attention | MirasLayer = Attention(config, layer_idx, window)
+            self.mixer: Attention | MirasLayer = Attention(config, layer_idx, config.attention_span)
         else:
             self.mixer = MirasLayer(config, layer_idx, mode)
         self.mlp_norm = nn.RMSNorm(config.hidden_size, eps=config.norm_eps)
