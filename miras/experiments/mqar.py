@@ -7,7 +7,7 @@ IGNORE_INDEX). Its figure plots test accuracy against model width, one line per 
 sweep. `train_mqar` is one such run, trained by `miras.train.train` (TrainConfig data "mqar", the trainer's MQAR task
 in miras/train/mqar_task.py) into a run folder of its own; `mqar_sweep` is the grid, over seeds too;
 `write_mqar_report` writes the table (per point: the median over seeds at the learning rate with the best median,
-and the seeds' range), the JSON and the figures (accuracy against width, and learning curves).
+among the rates with the most seeds finished, and the seeds' range), the JSON and the figures (accuracy against width, and learning curves).
 
 Differences from zoology, all for CPU budgets: the defaults are far smaller (zoology trains 2-layer models of width
 64-256 for 32 epochs of 20k-100k examples at batch 256, vocabulary 8192); the step budget is counted in optimizer
@@ -507,8 +507,10 @@ def run_name(run: dict) -> str:
 
 def summarize(records: Sequence[dict]) -> dict[tuple[str, int, int, int], dict]:
     """(model, seq_len, num_kv_pairs, width) -> the point's summary over seeds. For each learning rate the median
-    accuracy over the seeds that finished; the point takes the lr with the highest median (zoology takes the best
-    lr too) and reports {"lr", "median", "min", "max", "seeds" (finished), "curves" ([step, accuracy] lists, one
+    accuracy over the seeds that finished; the point takes, among the lrs with the most seeds finished, the one with
+    the highest median (zoology takes the best lr too; on a full grid every lr has every seed), so that a median of
+    one seed never outranks a median of three (a grid run on seed 0 first, then on more seeds at its best lr, reports
+    that lr), and reports {"lr", "median", "min", "max", "seeds" (finished), "curves" ([step, accuracy] lists, one
     per seed)} there. A point none of whose runs finished maps to {"error": one of its errors}."""
     by_point: dict[tuple, dict[float, list[dict]]] = {}
     errors: dict[tuple, str] = {}
@@ -521,7 +523,7 @@ def summarize(records: Sequence[dict]) -> dict[tuple[str, int, int, int], dict]:
     summary: dict[tuple, dict] = {key: {"error": error} for key, error in errors.items()}
     for key, by_lr in by_point.items():
         medians = {lr: statistics.median(r["accuracy"] for r in done) for lr, done in by_lr.items()}
-        lr = max(medians, key=medians.get)
+        lr = max(medians, key=lambda rate: (len(by_lr[rate]), medians[rate]))
         accuracies = [r["accuracy"] for r in by_lr[lr]]
         summary[key] = {
             "lr": lr,
@@ -600,7 +602,7 @@ def write_mqar_report(records: Sequence[dict], sweep: MQARSweep, out_dir: str | 
         f"{sweep.steps} AdamW steps of batch {sweep.batch_size}, lrs {', '.join(f'{lr:g}' for lr in sweep.lrs)}; "
         f"{sweep.test_examples} test examples disjoint from the training set; seeds "
         f"{', '.join(map(str, sweep.seeds))}. Each cell: the median over seeds at the learning rate with the best "
-        "median, (the seeds' min–max, the seeds finished).",
+        "median among those run on the most seeds, (the seeds' min–max, the seeds finished).",
         "",
         mqar_table(records, sweep),
     ]

@@ -413,6 +413,11 @@ def test_the_table_shows_the_median_over_seeds_at_the_lr_with_the_best_median():
     assert summarize(runs)[("m", 16, 2, 16)]["lr"] == 3e-3
     assert "| 60.0 (60.0–60.0, 3/3 seeds, lr 0.003) |" in mqar_table(runs, sweep)
     assert "54.5 (10.0–99.0, 2/3 seeds" in mqar_table(runs[:2], sweep)
+    # a rate run on fewer seeds does not outrank one run on more: one seed's 0.99 loses to three seeds' median 0.5,
+    # as a grid run on seed 0 and then on seeds 1-2 at its best rate reports that rate
+    runs = [record(1e-3, 0, 0.99)] + [record(3e-3, s, a) for s, a in enumerate((0.9, 0.5, 0.4))]
+    assert summarize(runs)[("m", 16, 2, 16)]["lr"] == 3e-3
+    assert summarize(runs[:2])[("m", 16, 2, 16)]["lr"] == 1e-3
     assert median_curve([[[0, 0.0], [10, 0.5]], [[0, 0.2], [10, 1.0]], [[0, 0.1]]]) == [(0, 0.1), (10, 0.75)]
 
 
