@@ -406,7 +406,11 @@ def mqar_sweep(
     check_int("jobs", jobs, error=ConfigError)
     runs = sweep.runs()
     keys = [_run_key(run) for run in runs]
-    saved = _load_records(out_dir, sweep) if out_dir is not None else {}
+    saved_file = _store(out_dir, sweep).load() if out_dir is not None else {}
+    saved = {_run_key(r): r for r in saved_file.get("runs", [])}
+    # The report covers the folder's grid so far (its mqar.json's), then this one's: a part run into a sweep's folder
+    # keeps the sweep's rows, columns and order, its cells not run yet empty.
+    planned = _with_grid(saved_file["sweep"], sweep) if saved_file else sweep
     # This grid's runs recorded earlier are kept (and skipped) where they succeeded; runs of the same budget outside
     # this grid (e.g. other seeds, models or settings run into the folder before) stay in the file and the report.
     by_key = {key: saved[key] for key in keys if key in saved and "error" not in saved[key]}
@@ -415,7 +419,7 @@ def mqar_sweep(
 
     def report() -> None:
         done = others + [by_key[k] for k in keys if k in by_key]
-        write_mqar_report(done, covering_sweep(sweep, done), out_dir)
+        write_mqar_report(done, covering_sweep(planned, done), out_dir)
 
     pending = []
     for i, (run, key) in enumerate(zip(runs, keys), 1):
@@ -467,18 +471,32 @@ def mqar_sweep(
 def covering_sweep(sweep: MQARSweep, records: Sequence[dict]) -> MQARSweep:
     """`sweep` grown to every model, setting, width, lr and seed of `records` (runs of the same budget): the grid a
     folder's report covers when runs of several commands were made into it."""
-
-    def union(values, extra):
-        return tuple(dict.fromkeys([*values, *extra]))
-
     return dataclasses.replace(
         sweep,
-        models=union(sweep.models, (r["model"] for r in records)),
-        settings=union(sweep.settings, ((r["seq_len"], r["num_kv_pairs"]) for r in records)),
+        models=_union(sweep.models, (r["model"] for r in records)),
+        settings=_union(sweep.settings, ((r["seq_len"], r["num_kv_pairs"]) for r in records)),
         widths=tuple(sorted(set(sweep.widths) | {r["width"] for r in records})),
-        lrs=union(sweep.lrs, (float(r["lr"]) for r in records)),
-        seeds=union(sweep.seeds, (r["seed"] for r in records)),
+        lrs=_union(sweep.lrs, (float(r["lr"]) for r in records)),
+        seeds=_union(sweep.seeds, (r["seed"] for r in records)),
     )
+
+
+def _with_grid(held: dict, sweep: MQARSweep) -> MQARSweep:
+    """`sweep` over the grid `held` (a saved mqar.json's "sweep") followed by its own: models, settings, lrs and
+    seeds in held's order then the new ones, widths sorted."""
+    return dataclasses.replace(
+        sweep,
+        models=_union(held["models"], sweep.models),
+        settings=_union((tuple(s) for s in held["settings"]), sweep.settings),
+        widths=tuple(sorted({*held["widths"], *sweep.widths})),
+        lrs=_union((float(lr) for lr in held["lrs"]), sweep.lrs),
+        seeds=_union(held["seeds"], sweep.seeds),
+    )
+
+
+def _union(values, extra) -> tuple:
+    """values then the extra ones not among them, in order."""
+    return tuple(dict.fromkeys([*values, *extra]))
 
 
 def _train_run(sweep: MQARSweep, run: dict, run_dir: Path | None) -> dict:
@@ -700,11 +718,6 @@ def _budget(sweep: MQARSweep) -> dict:
 
 def _store(out_dir: str | Path, sweep: MQARSweep) -> ResultsStore:
     return ResultsStore(Path(out_dir) / RESULTS_FILE, "sweep", _budget(sweep))
-
-
-def _load_records(out_dir: str | Path, sweep: MQARSweep) -> dict[tuple, dict]:
-    """The records of an earlier sweep in the same folder, by run key (ConfigError if its budget differed)."""
-    return {_run_key(r): r for r in _store(out_dir, sweep).load().get("runs", [])}
 
 
 __all__ = [

@@ -299,9 +299,17 @@ def test_sweep_skips_impossible_settings_writes_report_and_resumes(tmp_path):
     assert len(mqar_sweep(part, tmp_path, log=lines.append)) == 2 and lines == []
     saved = json.loads((tmp_path / "mqar.json").read_text())
     assert len(saved["runs"]) == 12 and saved["sweep"]["seeds"] == [0, 1]
-    assert saved["sweep"]["settings"] == [[16, 4], [16, 2], [8, 2]]
+    assert saved["sweep"]["settings"] == [[16, 2], [16, 4], [8, 2]]  # the folder's order first
     table = (tmp_path / "mqar.md").read_text()
     assert "| 8 | 2 | transformer |" in table and "2/2 seeds" in table
+    # The report covers the folder's planned grid even where nothing of it has run: a width planned in mqar.json
+    # stays a column, its cells empty.
+    saved["sweep"]["widths"] = [16, 32]
+    (tmp_path / "mqar.json").write_text(json.dumps(saved))
+    assert len(mqar_sweep(part, tmp_path, log=lines.append)) == 2 and lines == []
+    assert json.loads((tmp_path / "mqar.json").read_text())["sweep"]["widths"] == [16, 32]
+    table = (tmp_path / "mqar.md").read_text()
+    assert "| d=16 | d=32 |" in table and "| 16 | 4 | transformer | " in table
     # ... and a run outside every grid so far (another model, from its record alone, its run folder gone) is kept too
     moneta, _ = tiny_sweep(models=["moneta"], seq_lens=[16], kv_pairs=[2], seeds=[0])
     mqar_sweep(moneta, tmp_path, log=lambda _: None)
