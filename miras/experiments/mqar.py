@@ -470,27 +470,28 @@ def mqar_sweep(
 
 def covering_sweep(sweep: MQARSweep, records: Sequence[dict]) -> MQARSweep:
     """`sweep` grown to every model, setting, width, lr and seed of `records` (runs of the same budget): the grid a
-    folder's report covers when runs of several commands were made into it."""
+    folder's report covers when runs of several commands were made into it. New models and settings follow
+    `sweep`'s (the table's rows and the figures' lines in order); widths, lrs and seeds are sorted."""
     return dataclasses.replace(
         sweep,
         models=_union(sweep.models, (r["model"] for r in records)),
         settings=_union(sweep.settings, ((r["seq_len"], r["num_kv_pairs"]) for r in records)),
         widths=tuple(sorted(set(sweep.widths) | {r["width"] for r in records})),
-        lrs=_union(sweep.lrs, (float(r["lr"]) for r in records)),
-        seeds=_union(sweep.seeds, (r["seed"] for r in records)),
+        lrs=tuple(sorted({*sweep.lrs, *(float(r["lr"]) for r in records)})),
+        seeds=tuple(sorted({*sweep.seeds, *(r["seed"] for r in records)})),
     )
 
 
 def _with_grid(held: dict, sweep: MQARSweep) -> MQARSweep:
-    """`sweep` over the grid `held` (a saved mqar.json's "sweep") followed by its own: models, settings, lrs and
-    seeds in held's order then the new ones, widths sorted."""
+    """`sweep` over the grid `held` (a saved mqar.json's "sweep") and its own: models and settings in held's order
+    then the new ones; widths, lrs and seeds sorted."""
     return dataclasses.replace(
         sweep,
         models=_union(held["models"], sweep.models),
         settings=_union((tuple(s) for s in held["settings"]), sweep.settings),
         widths=tuple(sorted({*held["widths"], *sweep.widths})),
-        lrs=_union((float(lr) for lr in held["lrs"]), sweep.lrs),
-        seeds=_union(held["seeds"], sweep.seeds),
+        lrs=tuple(sorted({*map(float, held["lrs"]), *sweep.lrs})),
+        seeds=tuple(sorted({*held["seeds"], *sweep.seeds})),
     )
 
 

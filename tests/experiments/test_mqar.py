@@ -427,6 +427,10 @@ def test_the_table_shows_the_median_over_seeds_at_the_lr_with_the_best_median():
     assert summarize(runs)[("m", 16, 2, 16)]["lr"] == 3e-3
     assert summarize(runs[:2])[("m", 16, 2, 16)]["lr"] == 1e-3
     assert median_curve([[[0, 0.0], [10, 0.5]], [[0, 0.2], [10, 1.0]], [[0, 0.1]]]) == [(0, 0.1), (10, 0.75)]
+    # a report over runs of several commands lists rates and seeds in order, whichever command ran first
+    part = dataclasses.replace(sweep, lrs=(3e-3,), seeds=(1, 2))
+    grown = mqar_module.covering_sweep(part, [record(1e-3, 0, 0.5)])
+    assert grown.lrs == (1e-3, 3e-3) and grown.seeds == (0, 1, 2)
 
 
 @pytest.mark.parametrize(
