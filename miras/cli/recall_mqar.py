@@ -76,7 +76,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         default=list(DEFAULT_LRS),
         metavar="LR",
-        help="learning rates; each point reports the one with the best median over seeds (among those run on the most seeds) (default: %(default)s)",
+        help="learning rates; each point reports the one with the best median over seeds, among those run on the "
+        "most seeds (default: %(default)s)",
     )
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="AdamW steps per run (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64, help="examples per step (default: %(default)s)")

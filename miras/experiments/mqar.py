@@ -7,7 +7,8 @@ IGNORE_INDEX). Its figure plots test accuracy against model width, one line per 
 sweep. `train_mqar` is one such run, trained by `miras.train.train` (TrainConfig data "mqar", the trainer's MQAR task
 in miras/train/mqar_task.py) into a run folder of its own; `mqar_sweep` is the grid, over seeds too;
 `write_mqar_report` writes the table (per point: the median over seeds at the learning rate with the best median,
-among the rates with the most seeds finished, and the seeds' range), the JSON and the figures (accuracy against width, and learning curves).
+among the rates with the most seeds finished, and the seeds' range), the JSON and the figures (accuracy against
+width, and learning curves).
 
 Differences from zoology, all for CPU budgets: the defaults are far smaller (zoology trains 2-layer models of width
 64-256 for 32 epochs of 20k-100k examples at batch 256, vocabulary 8192); the step budget is counted in optimizer
@@ -59,8 +60,8 @@ from miras.train.config import MQAR, ConfigError, resume_config
 #   bias; η_max's 1/p absorbs lp's factor p), the lq retention at q = 2, the l2 bias instead of Huber (Yaad becomes
 #   Titans without momentum), each varied alone as issue 23 asks of the lp / lq exponents.
 # - yaad_delta1: Yaad with Huber's δ starting at 1 (`ModelConfig.delta_init`), the layer's start before issue 23
-#   changed it to 2·√head_dim (16 at head dim 64, above the error's norm at initialization, about 11): every token then
-#   starts outside the δ-ball, on the l1 side, and the preset learned no recall.
+#   changed it to 2·√head_dim (16 at head dim 64, above the error's norm at initialization, about 11): every token
+#   then starts outside the δ-ball, on the l1 side, and the preset learned no recall.
 # - yaad_delta1_huber_norm, yaad_delta1_huber_coordinate: yaad_delta1 with the paper's other two Huber forms
 #   (`MemorySpec.huber_form`), both continuous at the threshold, where Yaad's mixture jumps from the l2 write to a √V
 #   times larger l1 one: the two suspects of the δ-1 start, tested apart (experiments README, "Recall", section 5).
@@ -410,7 +411,7 @@ def mqar_sweep(
     saved = {_run_key(r): r for r in saved_file.get("runs", [])}
     # The report covers the folder's grid so far (its mqar.json's), then this one's: a part run into a sweep's folder
     # keeps the sweep's rows, columns and order, its cells not run yet empty.
-    planned = _with_grid(saved_file["sweep"], sweep) if saved_file else sweep
+    planned = covering_sweep(_saved_grid(sweep, saved_file["sweep"]), runs) if saved_file else sweep
     # This grid's runs recorded earlier are kept (and skipped) where they succeeded; runs of the same budget outside
     # this grid (e.g. other seeds, models or settings run into the folder before) stay in the file and the report.
     by_key = {key: saved[key] for key in keys if key in saved and "error" not in saved[key]}
@@ -472,32 +473,30 @@ def covering_sweep(sweep: MQARSweep, records: Sequence[dict]) -> MQARSweep:
     """`sweep` grown to every model, setting, width, lr and seed of `records` (runs of the same budget): the grid a
     folder's report covers when runs of several commands were made into it. New models and settings follow
     `sweep`'s (the table's rows and the figures' lines in order); widths, lrs and seeds are sorted."""
+
+    def union(values, extra):
+        return tuple(dict.fromkeys([*values, *extra]))
+
     return dataclasses.replace(
         sweep,
-        models=_union(sweep.models, (r["model"] for r in records)),
-        settings=_union(sweep.settings, ((r["seq_len"], r["num_kv_pairs"]) for r in records)),
+        models=union(sweep.models, (r["model"] for r in records)),
+        settings=union(sweep.settings, ((r["seq_len"], r["num_kv_pairs"]) for r in records)),
         widths=tuple(sorted(set(sweep.widths) | {r["width"] for r in records})),
         lrs=tuple(sorted({*sweep.lrs, *(float(r["lr"]) for r in records)})),
         seeds=tuple(sorted({*sweep.seeds, *(r["seed"] for r in records)})),
     )
 
 
-def _with_grid(held: dict, sweep: MQARSweep) -> MQARSweep:
-    """`sweep` over the grid `held` (a saved mqar.json's "sweep") and its own: models and settings in held's order
-    then the new ones; widths, lrs and seeds sorted."""
+def _saved_grid(sweep: MQARSweep, held: dict) -> MQARSweep:
+    """`sweep` over the grid (models, settings, widths, lrs, seeds) of `held`, a saved mqar.json's "sweep"."""
     return dataclasses.replace(
         sweep,
-        models=_union(held["models"], sweep.models),
-        settings=_union((tuple(s) for s in held["settings"]), sweep.settings),
-        widths=tuple(sorted({*held["widths"], *sweep.widths})),
-        lrs=tuple(sorted({*map(float, held["lrs"]), *sweep.lrs})),
-        seeds=tuple(sorted({*held["seeds"], *sweep.seeds})),
+        models=tuple(held["models"]),
+        settings=tuple(tuple(s) for s in held["settings"]),
+        widths=tuple(held["widths"]),
+        lrs=tuple(float(lr) for lr in held["lrs"]),
+        seeds=tuple(held["seeds"]),
     )
-
-
-def _union(values, extra) -> tuple:
-    """values then the extra ones not among them, in order."""
-    return tuple(dict.fromkeys([*values, *extra]))
 
 
 def _train_run(sweep: MQARSweep, run: dict, run_dir: Path | None) -> dict:
